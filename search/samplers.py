@@ -1,0 +1,106 @@
+"""Samplers: which ratio vector to try next.
+
+Every trial runs in whichever worker process picks it up, so a sampler is
+rebuilt from its name and seed for every ask. A plain seeded Optuna sampler
+rebuilt that way would replay the same random stream each time (every
+startup trial identical); :class:`PerTrialSeed` instead derives the inner
+sampler's seed from the job seed and the trial number, which keeps a search
+deterministic for a given seed when trials run one after another, and
+distinct when they run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from optuna import Study
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import UnknownSampler
+
+SAMPLERS = ("tpe", "uniform")
+
+
+def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
+    """The sampler called ``name`` for a job of ``n_trials`` trials.
+
+    ``tpe`` is Optuna's multivariate TPE with the constant liar, so parallel
+    workers do not all crowd the same promising region. ``uniform`` samples
+    the single shared ratio of the uniform baseline at random (after budget
+    repair every proposal becomes the same network, which the duplicate check
+    then scores only once).
+    """
+    if name == "tpe":
+        startup = max(3, min(10, n_trials // 4))
+
+        def factory(s: int) -> BaseSampler:
+            return TPESampler(
+                seed=s,
+                n_startup_trials=startup,
+                multivariate=True,
+                constant_liar=True,
+            )
+
+    elif name == "uniform":
+
+        def factory(s: int) -> BaseSampler:
+            return RandomSampler(seed=s)
+
+    else:
+        raise UnknownSampler(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return PerTrialSeed(factory, seed)
+
+
+def shares_one_ratio(name: str) -> bool:
+    """Whether the sampler proposes one ratio for all groups (the uniform baseline)."""
+    return name == "uniform"
+
+
+class PerTrialSeed(BaseSampler):
+    """Delegates to ``factory(seed_for(trial.number))`` (see module docstring)."""
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._current: tuple[int, BaseSampler] | None = None
+
+    def _inner(self, trial: FrozenTrial) -> BaseSampler:
+        if self._current is None or self._current[0] != trial.number:
+            derived = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+            self._current = (trial.number, self._factory(derived))
+        return self._current[1]
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._inner(trial).before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner(trial).after_trial(study, trial, state, values)

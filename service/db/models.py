@@ -1,0 +1,110 @@
+"""SQLAlchemy 2.0 models: jobs and their candidates.
+
+Optuna keeps its own tables in its own database (``OPTUNA_URL``); these
+tables are ours and are what the API serves. JSON columns hold values whose
+shape the search side owns (profile, ratios, result), so they evolve
+without a migration for every new key.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    preparing = "preparing"
+    searching = "searching"
+    finalizing = "finalizing"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.done, JobStatus.failed, JobStatus.cancelled})
+
+
+class CandidateStatus(enum.StrEnum):
+    running = "running"
+    complete = "complete"
+    duplicate = "duplicate"  # same kept channels as an earlier candidate: score reused
+    failed = "failed"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[JobStatus] = mapped_column(
+        SAEnum(JobStatus, name="job_status", native_enum=False, length=16),
+        default=JobStatus.queued,
+        index=True,
+    )
+    queue: Mapped[str] = mapped_column(String(32), default="interactive")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    candidates: Mapped[list[Candidate]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Candidate(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (
+        Index("ix_candidates_job_trial", "job_id", "trial_number", unique=True),
+        Index("ix_candidates_job_key", "job_id", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[CandidateStatus] = mapped_column(
+        SAEnum(CandidateStatus, name="candidate_status", native_enum=False, length=16),
+        default=CandidateStatus.running,
+    )
+    key: Mapped[str] = mapped_column(String(64), doc="hash of the kept channel counts")
+    ratios: Mapped[list[Any]] = mapped_column(JSON, doc="repaired per-group keep ratios")
+    proposed: Mapped[list[Any]] = mapped_column(JSON, doc="ratios as the sampler proposed them")
+    counts: Mapped[list[Any]] = mapped_column(JSON, doc="kept channels per group")
+    flops: Mapped[float] = mapped_column(Float)
+    params: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    device: Mapped[str | None] = mapped_column(String(32), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    job: Mapped[Job] = relationship(back_populates="candidates")

@@ -1,0 +1,61 @@
+"""The one Settings object (environment prefix ``PRUNESEARCH_``).
+
+Defaults work on a laptop: everything lives under ``PRUNESEARCH_HOME``
+(``./prunesearch-data``): SQLite for our tables and for Optuna (separate
+files, because Optuna's table names are generic), artifacts in a folder.
+A deployment sets ``DATABASE_URL`` / ``OPTUNA_URL`` to PostgreSQL and
+``ARTIFACT_DIR`` to a volume every worker shares.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SYSTEM_DATA_DIRS = (Path("/usr/share/datasets"),)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRUNESEARCH_", extra="ignore")
+
+    home: Path = Path("prunesearch-data")
+    database_url: str = ""
+    optuna_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    artifact_dir: Path | None = None
+    data_dir: Path | None = None
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        home = self.home.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{home / 'prunesearch.db'}"
+        if not self.optuna_url:
+            self.optuna_url = f"sqlite:///{home / 'optuna.db'}"
+        if self.artifact_dir is None:
+            self.artifact_dir = home / "artifacts"
+        return self
+
+    @cached_property
+    def artifacts(self) -> Path:
+        """The artifact folder (created on first use)."""
+        assert self.artifact_dir is not None
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        return self.artifact_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        """Folder holding one job's artifacts (baseline, exported network, result)."""
+        path = self.artifacts / job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def dataset_dirs(self, name: str) -> list[Path]:
+        """Where to look for a dataset's files, in order (DESIGN.md, "JobSpec")."""
+        dirs = [self.data_dir / name] if self.data_dir else []
+        if self.data_dir:
+            dirs.append(self.data_dir)
+        return dirs + [d / name for d in SYSTEM_DATA_DIRS]
