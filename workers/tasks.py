@@ -1,0 +1,347 @@
+"""The three task functions of a job: ``prepare``, ``trial``, ``finalize``.
+
+RQ calls them with a job id only (DESIGN.md, "The flow of one job"); the
+local mode calls the very same functions in-process with its own settings.
+Each task reads what it needs from the database, does its work between
+short transactions, and records the outcome: a task never leaves a job in a
+state the database does not describe.
+
+A failure inside a task is recorded (job ``failed`` with the reason, or a
+``failed`` candidate told to the study as failed) and not re-raised, so the
+queue drains instead of leaving dependent tasks waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from search import (
+    Point,
+    candidate_key,
+    create_study,
+    flops_aware_score,
+    pareto_front,
+    repair,
+)
+from search import ask as ask_study
+from search import tell as tell_study
+from service.db import repo
+from service.db.models import CandidateStatus, JobStatus
+from service.db.session import session_factory, session_scope
+from service.db.spec import JobSpec
+from service.settings import Settings
+from workers import export, measure, prune, train
+from workers.context import JobContext, forget, job_context, worker_name
+from workers.profiling import build_profile
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _session(settings: Settings) -> Iterator[Any]:
+    with session_scope(session_factory(settings.database_url)) as session:
+        yield session
+
+
+def _load(job_id: str, settings: Settings) -> tuple[JobStatus, JobContext]:
+    with _session(settings) as s:
+        job = repo.get_job(s, job_id)
+        status, spec, profile = job.status, JobSpec.model_validate(job.spec), job.profile
+    return status, job_context(job_id, spec, settings, profile)
+
+
+def _fail(job_id: str, settings: Settings, stage: str, exc: BaseException) -> None:
+    log.error("job %s failed in %s:\n%s", job_id, stage, traceback.format_exc())
+    with _session(settings) as s:
+        active = {JobStatus.queued, JobStatus.preparing, JobStatus.searching, JobStatus.finalizing}
+        repo.transition(s, job_id, JobStatus.failed, allowed_from=active, error=f"{stage}: {exc}")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _accuracy(ctx: JobContext, model: torch.nn.Module, split: str) -> float:
+    return train.evaluate(model, getattr(ctx.data, split), batch_size=512, device=ctx.device)
+
+
+def _fit(ctx: JobContext, model: torch.nn.Module, *, epochs: float = 0.0, steps: int = 0) -> None:
+    t = ctx.spec.train
+    train.fit(
+        model,
+        ctx.data.train,
+        epochs=epochs or None,
+        steps=steps or None,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        batch_size=t.batch_size,
+        device=ctx.device,
+        seed=ctx.spec.seed,
+        augment=True,
+    )
+
+
+def _measure(ctx: JobContext, model: torch.nn.Module) -> dict[str, Any]:
+    flops, params = measure.count(model, ctx.input_shape, device=ctx.device)
+    latency = measure.latency_ms(model, ctx.input_shape, device=ctx.device)
+    return {
+        "flops": flops,
+        "params": params,
+        "latency_ms": {str(b): ms for b, ms in latency.items()},
+    }
+
+
+def prepare(job_id: str, settings: Settings | None = None) -> None:
+    """Train (or load) the baseline, profile it and open the study."""
+    settings = settings or Settings()
+    start = time.perf_counter()
+    try:
+        with _session(settings) as s:
+            repo.transition(s, job_id, JobStatus.preparing, allowed_from={JobStatus.queued})
+    except Exception:
+        log.warning("prepare(%s) skipped: job is not queued", job_id)
+        return
+    try:
+        _, ctx = _load(job_id, settings)
+        spec = ctx.spec
+        torch.manual_seed(spec.seed)
+        model = ctx.fresh_model()
+        if spec.model.pretrain_epochs > 0:
+            _fit(ctx, model, epochs=spec.model.pretrain_epochs)
+        ctx.save_baseline(model)
+        profile = build_profile(
+            model.cpu(),
+            arch=spec.model.arch,
+            input_shape=ctx.input_shape,
+            num_classes=ctx.data.num_classes,
+        )
+        model.to(ctx.device)
+        ctx.profile = profile
+        repair(ctx.space(), [1.0] * ctx.space().size, ctx.budget())  # infeasible: fail now
+        baseline = {
+            "accuracy": _accuracy(ctx, model, "test"),
+            "val_accuracy": _accuracy(ctx, model, "val"),
+            **_measure(ctx, model),
+            "profile_flops": profile.base_flops,
+            "profile_params": profile.base_params,
+        }
+        create_study(job_id, settings.optuna_url)
+        with _session(settings) as s:
+            repo.update_job(
+                s,
+                job_id,
+                profile=profile.to_dict(),
+                baseline=baseline,
+                timings={"prepare_s": time.perf_counter() - start, "search_started": _now()},
+            )
+            repo.transition(s, job_id, JobStatus.searching, allowed_from={JobStatus.preparing})
+    except Exception as exc:
+        _fail(job_id, settings, "prepare", exc)
+
+
+def trial(job_id: str, settings: Settings | None = None) -> None:
+    """Ask, repair, build, score and tell one candidate."""
+    settings = settings or Settings()
+    t0 = time.perf_counter()
+    status, ctx = _load(job_id, settings)
+    if status != JobStatus.searching:
+        log.info("trial(%s) skipped: job is %s", job_id, status)
+        return
+    timings: dict[str, float] = {"load_s": ctx.load_s, "db_s": time.perf_counter() - t0}
+    ctx.load_s = 0.0  # paid once per process
+    spec, space = ctx.spec, ctx.space()
+
+    tick = time.perf_counter()
+    proposal = ask_study(
+        job_id,
+        settings.optuna_url,
+        space,
+        sampler=spec.search.sampler,
+        seed=spec.seed,
+        n_trials=spec.search.n_trials,
+    )
+    fixed = repair(space, proposal.ratios, ctx.budget())
+    key = candidate_key(fixed.counts)
+    timings["ask_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    with _session(settings) as s:
+        earlier = repo.find_scored_by_key(s, job_id, key)
+        cand = repo.add_candidate(
+            s,
+            job_id,
+            trial_number=proposal.number,
+            key=key,
+            proposed=list(proposal.ratios),
+            ratios=list(fixed.ratios),
+            counts=list(fixed.counts),
+            flops=fixed.flops,
+            params=fixed.params,
+            worker=worker_name(),
+            device=str(ctx.device),
+            status=CandidateStatus.running,
+        )
+        cand_id = cand.id
+        reused = None if earlier is None else (earlier.score, earlier.accuracy, earlier.id)
+    timings["db_s"] += time.perf_counter() - tick
+
+    outcome: dict[str, Any]
+    if reused is not None:
+        score, accuracy, twin = reused
+        outcome = {"status": CandidateStatus.duplicate, "score": score, "accuracy": accuracy}
+        outcome["error"] = f"same network as candidate {twin}; score reused"
+    else:
+        try:
+            accuracy = _score(ctx, list(fixed.counts), timings)
+            score = flops_aware_score(accuracy, fixed.fill)
+            outcome = {"status": CandidateStatus.complete, "score": score, "accuracy": accuracy}
+        except Exception as exc:
+            log.exception("trial %s of job %s failed", proposal.number, job_id)
+            score, outcome = None, {"status": CandidateStatus.failed, "error": repr(exc)}
+
+    tick = time.perf_counter()
+    tell_study(job_id, settings.optuna_url, proposal.number, score)
+    timings["tell_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    timings["total_s"] = tick - t0
+    with _session(settings) as s:
+        repo.finish_candidate(s, cand_id, timings=timings, finished_at=datetime.now(UTC), **outcome)
+    timings["db_s"] += time.perf_counter() - tick
+
+
+def _score(ctx: JobContext, counts: list[int], timings: dict[str, float]) -> float:
+    """Prune the baseline to ``counts`` and return its proxy validation accuracy."""
+    tick = time.perf_counter()
+    model = ctx.baseline()
+    prune.prune(model, counts, example_inputs=ctx.example_inputs())
+    timings["prune_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    scoring = ctx.spec.scoring
+    if scoring.mode == "finetune":
+        _fit(ctx, model, steps=scoring.finetune_steps)
+    train.adaptive_bn(
+        model,
+        ctx.data.train,
+        calib_batches=scoring.calib_batches,
+        batch_size=ctx.spec.train.batch_size,
+        device=ctx.device,
+        seed=ctx.spec.seed,
+    )
+    timings["calib_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    accuracy = _accuracy(ctx, model, "val")
+    timings["eval_s"] = time.perf_counter() - tick
+    del model
+    return accuracy
+
+
+def finalize(job_id: str, settings: Settings | None = None) -> None:
+    """Fine-tune the best candidate, measure it, export it, mark the job done."""
+    settings = settings or Settings()
+    start = time.perf_counter()
+    try:
+        with _session(settings) as s:
+            repo.transition(s, job_id, JobStatus.finalizing, allowed_from={JobStatus.searching})
+    except Exception:
+        log.warning("finalize(%s) skipped: job is not searching", job_id)
+        return
+    try:
+        _finalize(job_id, settings, start)
+    except Exception as exc:
+        _fail(job_id, settings, "finalize", exc)
+    finally:
+        forget(job_id)
+
+
+def _finalize(job_id: str, settings: Settings, start: float) -> None:
+    _, ctx = _load(job_id, settings)
+    with _session(settings) as s:
+        job = repo.get_job(s, job_id)
+        baseline, timings = dict(job.baseline or {}), dict(job.timings or {})
+        best = repo.best_candidate(s, job_id)
+        if best is None:
+            raise RuntimeError("no candidate completed; nothing to fine-tune")
+        scored = repo.list_candidates(s, job_id, limit=100_000, offset=0)
+        points = [
+            Point(c.id, c.accuracy, c.flops)
+            for c in scored
+            if c.status == CandidateStatus.complete and c.accuracy is not None
+        ]
+        by_id = {c.id: c for c in scored}
+        front = [
+            {
+                "candidate_id": p.id,
+                "val_accuracy": p.accuracy,
+                "flops": p.flops,
+                "params": by_id[p.id].params,
+                "ratios": by_id[p.id].ratios,
+            }
+            for p in pareto_front(points)
+        ]
+        chosen = {
+            "candidate_id": best.id,
+            "trial_number": best.trial_number,
+            "search_score": best.score,
+            "search_val_accuracy": best.accuracy,
+            "ratios": best.ratios,
+            "counts": best.counts,
+        }
+    timings["search_s"] = (
+        time.time() - datetime.fromisoformat(timings["search_started"]).timestamp()
+    )
+
+    spec = ctx.spec
+    model = ctx.baseline()
+    kept = prune.prune(model, chosen["counts"], example_inputs=ctx.example_inputs())
+    if spec.final.finetune_epochs > 0:
+        _fit(ctx, model, epochs=spec.final.finetune_epochs)
+    out = ctx.job_dir
+    recipe = export.Recipe(
+        arch=spec.model.arch,
+        arch_kwargs={
+            "in_channels": ctx.data.in_channels,
+            "num_classes": ctx.data.num_classes,
+            "input_size": ctx.data.size,
+        },
+        kept=kept,
+        input_shape=ctx.input_shape,
+    )
+    export.save(out, model, recipe)
+    onnx_path = export.export_onnx(out, model, ctx.input_shape)
+    # Final numbers come from the exported files, so they are what the user gets.
+    exported = export.load(out, device=str(ctx.device))
+    best = {
+        "accuracy": _accuracy(ctx, exported, "test"),
+        "val_accuracy": _accuracy(ctx, exported, "val"),
+        **_measure(ctx, exported),
+        **chosen,
+        "criterion": spec.search.criterion,
+    }
+    best["flops_ratio"] = best["flops"] / baseline["flops"]
+    best["params_ratio"] = best["params"] / baseline["params"]
+    timings["finalize_s"] = time.perf_counter() - start
+    result = {
+        "job_id": job_id,
+        "name": spec.name,
+        "device": str(ctx.device),
+        "baseline": baseline,
+        "best": best,
+        "pareto": front,
+        "timings": {k: timings[k] for k in ("prepare_s", "search_s", "finalize_s")},
+        "artifacts": ["model.safetensors", "recipe.json"] + (["model.onnx"] if onnx_path else []),
+        "spec": spec.model_dump(mode="json"),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    with _session(settings) as s:
+        repo.update_job(s, job_id, result=result, timings=timings)
+        repo.transition(s, job_id, JobStatus.done, allowed_from={JobStatus.finalizing})
+    del model, exported
