@@ -1,0 +1,193 @@
+"""Public response models: what the API promises, decoupled from the tables.
+
+Rows are converted here (not in the routes) so that every endpoint that
+shows a job or a candidate shows it the same way. The request model is the
+JobSpec itself (``service.db.spec``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from service.db.models import Candidate, CandidateStatus, Job, JobStatus
+
+T = TypeVar("T")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored in UTC); PostgreSQL aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class BaseCosts:
+    """FLOPs and params of the unpruned network, as the profile's cost model counts them.
+
+    Candidates are costed by the same model, so their ratios to these are exact.
+    """
+
+    flops: float | None
+    params: float | None
+
+    @classmethod
+    def of(cls, job: Job) -> BaseCosts:
+        baseline = job.baseline or {}
+        flops, params = baseline.get("profile_flops"), baseline.get("profile_params")
+        if (flops is None or params is None) and job.profile:
+            # Only jobs whose worker did not record the costs pay for importing search.
+            from search.errors import ProfileError
+            from search.profile import ModelProfile
+
+            try:
+                profile = ModelProfile.from_dict(job.profile)
+                flops, params = profile.base_flops, profile.base_params
+            except ProfileError:
+                pass
+        return cls(_positive(flops), _positive(params))
+
+    def ratio(self, value: float, base: float | None) -> float | None:
+        return None if base is None else value / base
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Finished trials: complete, duplicate or failed.")
+    total: int = Field(description="Trials the job will run.")
+
+
+class BestPublic(BaseModel):
+    """The best candidate scored so far."""
+
+    candidate_id: int
+    trial_number: int
+    score: float | None
+    accuracy: float | None
+    flops: float
+    params: float
+    flops_ratio: float | None
+    params_ratio: float | None
+    ratios: list[float]
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str
+    status: JobStatus
+    queue: str
+    n_trials: int
+    error: str | None
+    progress: Progress
+    baseline: dict[str, Any] | None
+    best: BestPublic | None
+    has_result: bool = Field(description="Whether GET /v1/jobs/{id}/result has a result.")
+    timings: dict[str, Any]
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: Job, progress: tuple[int, int], best: Candidate | None) -> JobPublic:
+        costs = BaseCosts.of(job)
+        best_public = None
+        if best is not None:
+            best_public = BestPublic(
+                candidate_id=best.id,
+                trial_number=best.trial_number,
+                score=best.score,
+                accuracy=best.accuracy,
+                flops=best.flops,
+                params=best.params,
+                flops_ratio=costs.ratio(best.flops, costs.flops),
+                params_ratio=costs.ratio(best.params, costs.params),
+                ratios=best.ratios,
+            )
+        created, updated = _utc(job.created_at), _utc(job.updated_at)
+        assert created is not None and updated is not None
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            queue=job.queue,
+            n_trials=job.n_trials,
+            error=job.error,
+            progress=Progress(done=progress[0], total=progress[1]),
+            baseline=job.baseline,
+            best=best_public,
+            has_result=job.status == JobStatus.done and job.result is not None,
+            timings=job.timings or {},
+            spec=job.spec,
+            created_at=created,
+            updated_at=updated,
+        )
+
+
+class CandidatePublic(BaseModel):
+    id: int
+    trial_number: int
+    status: CandidateStatus
+    key: str
+    ratios: list[float] = Field(description="Per-group keep ratios after budget repair.")
+    proposed: list[float] = Field(description="Ratios as the sampler proposed them.")
+    counts: list[int] = Field(description="Kept channels per group.")
+    flops: float
+    params: float
+    flops_ratio: float | None = Field(description="FLOPs relative to the unpruned profile.")
+    params_ratio: float | None = Field(description="Params relative to the unpruned profile.")
+    score: float | None
+    accuracy: float | None
+    worker: str | None
+    device: str | None
+    timings: dict[str, Any]
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, candidate: Candidate, costs: BaseCosts) -> CandidatePublic:
+        started = _utc(candidate.started_at)
+        assert started is not None
+        return cls(
+            id=candidate.id,
+            trial_number=candidate.trial_number,
+            status=candidate.status,
+            key=candidate.key,
+            ratios=candidate.ratios,
+            proposed=candidate.proposed,
+            counts=candidate.counts,
+            flops=candidate.flops,
+            params=candidate.params,
+            flops_ratio=costs.ratio(candidate.flops, costs.flops),
+            params_ratio=costs.ratio(candidate.params, costs.params),
+            score=candidate.score,
+            accuracy=candidate.accuracy,
+            worker=candidate.worker,
+            device=candidate.device,
+            timings=candidate.timings or {},
+            error=candidate.error,
+            started_at=started,
+            finished_at=_utc(candidate.finished_at),
+        )
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; ``total`` counts every item the filters match."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    redis: str

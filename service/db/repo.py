@@ -1,0 +1,281 @@
+"""Repository functions: the only code that queries or changes our tables.
+
+The API and the worker tasks share these, so a rule about jobs (which state
+may follow which, what "finished" means for progress) lives in one place.
+Every function that writes commits before it returns: each call is one
+transaction, which keeps SQLite's single write lock held for milliseconds
+even when a worker keeps its session open across a long trial. Rows come
+back usable after the commit (the session factories do not expire them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.models import Candidate, CandidateStatus, Job, JobStatus, utcnow
+from service.db.spec import JobSpec
+from service.errors import (
+    CandidateNotFound,
+    DuplicateCandidate,
+    InvalidTransition,
+    JobNotFound,
+)
+
+FINISHED_CANDIDATES = frozenset(
+    {CandidateStatus.complete, CandidateStatus.duplicate, CandidateStatus.failed}
+)
+_JOB_FIELDS = frozenset(Job.__table__.columns.keys()) - {"id", "status", "created_at"}
+_CANDIDATE_FIELDS = frozenset(Candidate.__table__.columns.keys()) - {"id"}
+
+
+def _check_fields(fields: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    """Reject unknown names: setattr would otherwise quietly set a plain attribute."""
+    unknown = set(fields) - allowed
+    if unknown:
+        raise TypeError(f"{what} has no settable field(s) {sorted(unknown)}")
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def create_job(session: Session, spec: JobSpec, queue: str) -> Job:
+    """Store a new job in state ``queued`` with its validated spec."""
+    job = Job(
+        name=spec.name,
+        status=JobStatus.queued,
+        queue=queue,
+        spec=spec.model_dump(mode="json"),
+        n_trials=spec.search.n_trials,
+        timings={},
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job with this id; raises :class:`JobNotFound`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(
+    session: Session, *, limit: int, offset: int, status: JobStatus | None = None
+) -> list[Job]:
+    """Jobs, newest first."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return list(session.scalars(stmt))
+
+
+def count_jobs(session: Session, status: JobStatus | None = None) -> int:
+    """How many jobs there are (in ``status``, when given)."""
+    stmt = select(func.count()).select_from(Job)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return int(session.scalar(stmt) or 0)
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """Remove a job and its candidates (used to undo a job that could not be queued)."""
+    session.execute(delete(Candidate).where(Candidate.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.commit()
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    *,
+    allowed_from: set[JobStatus] | frozenset[JobStatus],
+    error: str | None = None,
+) -> Job:
+    """Move a job to state ``to`` if and only if it is in one of ``allowed_from``.
+
+    One transaction: the row is locked (``SELECT ... FOR UPDATE`` where the
+    backend has it) and the update repeats the state condition, so on SQLite,
+    which has no row locks, two processes racing still cannot both win.
+
+    Args:
+        session: An open session; whatever it had pending is committed too.
+        job_id: The job.
+        to: The new state.
+        allowed_from: States the job may be in now.
+        error: Reason to record (for ``failed``); ``None`` leaves ``error`` alone.
+
+    Raises:
+        JobNotFound: No such job.
+        InvalidTransition: The job is in a state not in ``allowed_from``;
+            nothing is changed.
+    """
+    locked = select(Job).where(Job.id == job_id).with_for_update()
+    job = session.scalars(locked.execution_options(populate_existing=True)).one_or_none()
+    if job is None:
+        session.rollback()
+        raise JobNotFound(job_id)
+    current = job.status
+    if current not in allowed_from:
+        session.rollback()
+        raise InvalidTransition(job_id, str(current), str(to))
+    values: dict[str, Any] = {"status": to, "updated_at": utcnow()}
+    if error is not None:
+        values["error"] = error
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(list(allowed_from)))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 1) != 1:  # lost a race (SQLite only)
+        session.rollback()
+        raise InvalidTransition(job_id, "changed concurrently", str(to))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def update_job(session: Session, job_id: str, **fields: Any) -> Job:
+    """Set plain fields of a job (profile, baseline, result, timings, error, ...).
+
+    The state is not one of them: it changes only through :func:`transition`.
+    JSON fields are replaced, not merged; pass ``{**job.timings, "x": 1}`` to add a key.
+
+    Raises:
+        JobNotFound: No such job.
+        TypeError: A field that does not exist or may not be set here.
+    """
+    _check_fields(fields, _JOB_FIELDS, "Job")
+    job = get_job(session, job_id)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    session.commit()
+    return job
+
+
+# --- candidates -----------------------------------------------------------------------------
+
+
+def add_candidate(session: Session, job_id: str, **fields: Any) -> Candidate:
+    """Record a candidate of a job (usually ``running``, before it is scored).
+
+    Raises:
+        JobNotFound: No such job.
+        DuplicateCandidate: The job already has a candidate with this trial number.
+        TypeError: An unknown field.
+    """
+    _check_fields(fields, _CANDIDATE_FIELDS - {"job_id"}, "Candidate")
+    get_job(session, job_id)
+    fields.setdefault("timings", {})
+    candidate = Candidate(job_id=job_id, **fields)
+    session.add(candidate)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise DuplicateCandidate(
+            f"job {job_id!r} already has trial {fields.get('trial_number')!r}"
+        ) from exc
+    return candidate
+
+
+def finish_candidate(session: Session, candidate_id: int, **fields: Any) -> Candidate:
+    """Store a candidate's outcome: status (default ``complete``), score, timings, ...
+
+    ``finished_at`` is set to now unless given.
+
+    Raises:
+        CandidateNotFound: No such candidate.
+        TypeError: An unknown field.
+    """
+    _check_fields(fields, _CANDIDATE_FIELDS - {"job_id"}, "Candidate")
+    candidate = session.get(Candidate, candidate_id)
+    if candidate is None:
+        raise CandidateNotFound(candidate_id)
+    fields.setdefault("status", CandidateStatus.complete)
+    fields.setdefault("finished_at", utcnow())
+    for name, value in fields.items():
+        setattr(candidate, name, value)
+    session.commit()
+    return candidate
+
+
+def find_scored_by_key(session: Session, job_id: str, key: str) -> Candidate | None:
+    """The earliest complete candidate of the job with the same kept channels, if any.
+
+    A trial that repairs to an already scored network reuses that score
+    instead of spending GPU time on it again.
+    """
+    stmt = (
+        select(Candidate)
+        .where(
+            Candidate.job_id == job_id,
+            Candidate.key == key,
+            Candidate.status == CandidateStatus.complete,
+        )
+        .order_by(Candidate.trial_number)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def list_candidates(
+    session: Session,
+    job_id: str,
+    *,
+    limit: int,
+    offset: int,
+    order_by: Literal["trial", "score"] = "trial",
+) -> list[Candidate]:
+    """A page of the job's candidates, by trial number or best score first (unscored last)."""
+    stmt = select(Candidate).where(Candidate.job_id == job_id)
+    if order_by == "score":
+        stmt = stmt.order_by(Candidate.score.desc().nulls_last(), Candidate.trial_number)
+    elif order_by == "trial":
+        stmt = stmt.order_by(Candidate.trial_number)
+    else:
+        raise ValueError(f"order_by must be 'trial' or 'score', not {order_by!r}")
+    return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def count_candidates(
+    session: Session, job_id: str, statuses: Iterable[CandidateStatus] | None = None
+) -> int:
+    """How many candidates the job has (in one of ``statuses``, when given)."""
+    stmt = select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)
+    if statuses is not None:
+        stmt = stmt.where(Candidate.status.in_(list(statuses)))
+    return int(session.scalar(stmt) or 0)
+
+
+def best_candidate(session: Session, job_id: str) -> Candidate | None:
+    """The complete candidate with the highest score (earliest trial on ties)."""
+    stmt = (
+        select(Candidate)
+        .where(
+            Candidate.job_id == job_id,
+            Candidate.status == CandidateStatus.complete,
+            Candidate.score.is_not(None),
+        )
+        .order_by(Candidate.score.desc(), Candidate.trial_number)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def progress(session: Session, job_id: str) -> tuple[int, int]:
+    """``(finished trials, n_trials)``; finished counts complete, duplicate and failed.
+
+    Raises:
+        JobNotFound: No such job.
+    """
+    job = get_job(session, job_id)
+    return count_candidates(session, job_id, FINISHED_CANDIDATES), job.n_trials

@@ -1,0 +1,62 @@
+"""Errors of the service package; every one derives from :class:`ServiceError`.
+
+The repositories and the queue adapter raise these instead of SQLAlchemy or
+redis exceptions, so callers (the API, the worker tasks, the CLI) handle one
+vocabulary. HTTP status codes are chosen in ``service.api`` only.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class of everything the service side raises on purpose."""
+
+
+class NotFound(ServiceError):
+    """Something that was asked for by id or name does not exist (yet)."""
+
+
+class JobNotFound(NotFound):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class CandidateNotFound(NotFound):
+    """No candidate has this id."""
+
+    def __init__(self, candidate_id: int) -> None:
+        super().__init__(f"candidate {candidate_id!r} not found")
+        self.candidate_id = candidate_id
+
+
+class ResultNotReady(NotFound):
+    """The job has no result: it is not ``done`` (yet, or ever)."""
+
+
+class ArtifactNotFound(NotFound):
+    """The artifact is not one a job can have, or it was not written."""
+
+
+class InvalidTransition(ServiceError):
+    """A job state change that its current state does not allow.
+
+    Raised instead of overwriting, so that e.g. a late ``finalize`` never
+    resurrects a job a user has cancelled.
+    """
+
+    def __init__(self, job_id: str, current: str, to: str) -> None:
+        super().__init__(f"job {job_id!r} cannot go from {current!r} to {to!r}")
+        self.job_id = job_id
+        self.current = current
+        self.to = to
+
+
+class DuplicateCandidate(ServiceError):
+    """A candidate with this trial number already exists for the job."""
+
+
+class QueueUnavailable(ServiceError):
+    """Redis cannot be reached, so no work can be queued."""

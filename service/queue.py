@@ -1,0 +1,135 @@
+"""RQ enqueueing: one search job becomes prepare -> n trials -> finalize.
+
+The API must never import the worker code (it imports torch), so tasks are
+named by dotted path and RQ resolves them in the worker. Payloads carry the
+job id only and use RQ's JSON serializer: everything else is read from the
+database, and no pickle crosses the queue.
+
+All RQ jobs of one search are written in a single MULTI/EXEC: the trials and
+the finalize are stored deferred first and ``prepare`` is pushed last, so no
+worker can see a half-enqueued search and a 1000-trial job costs one round
+trip instead of thousands. Their ids are derived from the job id
+(:func:`task_ids`), so they can be found again to inspect or cancel.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Dependency
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQJobStatus
+from rq.serializers import JSONSerializer
+
+from service.errors import QueueUnavailable
+
+INTERACTIVE: Final = "interactive"
+OVERNIGHT: Final = "overnight"
+QUEUE_NAMES: Final = (INTERACTIVE, OVERNIGHT)  # a worker serves them in this order
+
+PREPARE: Final = "workers.tasks.prepare"
+TRIAL: Final = "workers.tasks.trial"
+FINALIZE: Final = "workers.tasks.finalize"
+
+HOUR: Final = 3600
+PREPARE_TIMEOUT: Final = 6 * HOUR
+TRIAL_TIMEOUT: Final = 1 * HOUR
+FINALIZE_TIMEOUT: Final = 6 * HOUR
+# Results live in the database; RQ only needs them briefly. A dependency whose
+# RQ record has expired counts as met, so a short TTL never blocks finalize.
+RESULT_TTL: Final = 600
+FAILURE_TTL: Final = 7 * 24 * HOUR
+
+
+def redis_from_url(url: str) -> Redis:
+    """A Redis client for RQ (bytes responses) that gives up quickly when Redis is down.
+
+    The connect timeout is short so that the API answers 503 in seconds; the
+    socket timeout is left unset because workers block on BLPOP.
+    """
+    return Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+
+
+def ensure_available(redis: Redis) -> None:
+    """Raise :class:`QueueUnavailable` unless Redis answers a PING."""
+    try:
+        redis.ping()
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot reach Redis: {exc}") from exc
+
+
+def get_queue(redis: Redis, name: str = INTERACTIVE) -> Queue:
+    """The RQ queue ``name`` with the JSON serializer every part of the project uses."""
+    if name not in QUEUE_NAMES:
+        raise ValueError(f"queue must be one of {QUEUE_NAMES}, not {name!r}")
+    return Queue(name, connection=redis, serializer=JSONSerializer)
+
+
+def task_ids(job_id: str, n_trials: int) -> tuple[str, list[str], str]:
+    """RQ job ids of a search job: ``(prepare, [trials...], finalize)``."""
+    trials = [f"{job_id}-trial-{i:05d}" for i in range(n_trials)]
+    return f"{job_id}-prepare", trials, f"{job_id}-finalize"
+
+
+def _create(
+    queue: Queue,
+    func: str,
+    job_id: str,
+    rq_id: str,
+    timeout: int,
+    what: str,
+    depends_on: str | Dependency | None = None,
+) -> RQJob:
+    """An unsaved RQ job for one task; deferred when it has a dependency."""
+    return queue.create_job(
+        func,
+        args=[job_id],
+        job_id=rq_id,
+        timeout=timeout,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=f"{what} of {job_id}",
+        depends_on=depends_on,
+        status=RQJobStatus.QUEUED if depends_on is None else RQJobStatus.DEFERRED,
+    )
+
+
+def enqueue_job(redis: Redis, job_id: str, n_trials: int, queue_name: str = INTERACTIVE) -> None:
+    """Queue the tasks of one search job atomically.
+
+    ``prepare`` runs first; every ``trial`` depends on it; ``finalize``
+    depends on all trials with ``allow_failure`` so a failed trial does not
+    block the end of the job.
+
+    Raises:
+        QueueUnavailable: Redis could not be reached; nothing was queued.
+        ValueError: Unknown queue name or ``n_trials < 1``.
+    """
+    if n_trials < 1:
+        raise ValueError("n_trials must be at least 1")
+    queue = get_queue(redis, queue_name)
+    prepare_id, trial_ids, finalize_id = task_ids(job_id, n_trials)
+    try:
+        prepare = _create(queue, PREPARE, job_id, prepare_id, PREPARE_TIMEOUT, "prepare")
+        deferred = [
+            _create(queue, TRIAL, job_id, trial_id, TRIAL_TIMEOUT, f"trial {i}", prepare_id)
+            for i, trial_id in enumerate(trial_ids)
+        ]
+        after_trials = Dependency(jobs=list(trial_ids), allow_failure=True)
+        finalize = _create(
+            queue, FINALIZE, job_id, finalize_id, FINALIZE_TIMEOUT, "finalize", after_trials
+        )
+        deferred.append(finalize)
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            for job in deferred:
+                job.save(pipeline=pipe)
+                job.register_dependency(pipeline=pipe)
+            # Last, so that the dependents exist before anything can run.
+            queue.enqueue_job(prepare, pipeline=pipe)
+            pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot queue job {job_id}: {exc}") from exc

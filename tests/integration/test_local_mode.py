@@ -1,0 +1,62 @@
+"""The embedded default: one process, SQLite files, the same tasks as the workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.db import repo
+from service.db.models import CandidateStatus
+from service.db.session import session_factory, session_scope
+from service.local import local_settings, run_local
+from tests.integration.conftest import tiny_spec
+from workers import export
+from workers.verify import verify
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "uniform"])
+def test_local_search_writes_a_verified_result(tmp_path: Path, sampler: str) -> None:
+    spec = tiny_spec(f"local-{sampler}", n_trials=6, sampler=sampler)
+    job = run_local(spec, tmp_path, progress=False)
+    assert job["status"] == "done", job["error"]
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert set(result) >= {"baseline", "best", "pareto", "timings"}
+    assert set(result["timings"]) == {"prepare_s", "search_s", "finalize_s"}
+    best = result["best"]
+    assert best["flops"] <= 0.5 * result["baseline"]["flops"] * 1.01
+    assert set(best["latency_ms"]) == {"1", "256"}
+    assert result["pareto"] and all(p["flops"] > 0 for p in result["pareto"])
+
+    # Every claim re-measured from the exported files alone.
+    checks = verify(tmp_path, settings=local_settings(tmp_path, "cpu"))
+    assert all(c.ok for c in checks), checks
+    assert export.load(tmp_path)  # rebuilt without pickle
+
+    factory = session_factory(local_settings(tmp_path, "cpu").database_url)
+    with session_scope(factory) as s:
+        cands = repo.list_candidates(s, job["id"], limit=100, offset=0)
+        assert len(cands) == spec.search.n_trials
+        assert [c.trial_number for c in cands] == list(range(spec.search.n_trials))
+        statuses = {c.status for c in cands}
+        assert CandidateStatus.failed not in statuses
+        for c in cands:
+            assert c.flops <= 0.5 * result["baseline"]["profile_flops"] + 1e-6
+            if c.status == CandidateStatus.complete:
+                assert c.timings["prune_s"] > 0 and c.timings["eval_s"] > 0
+    if sampler == "uniform":
+        # After budget repair every uniform proposal is the same network: one
+        # evaluation, the rest recorded as duplicates.
+        assert sum(c.status == CandidateStatus.complete for c in cands) == 1
+
+
+def test_infeasible_budget_fails_the_job_with_a_reason(tmp_path: Path) -> None:
+    spec = tiny_spec("too-small").model_copy(
+        update={"target": tiny_spec("x").target.model_copy(update={"flops_ratio": 0.01})}
+    )
+    job = run_local(spec, tmp_path, progress=False)
+    assert job["status"] == "failed"
+    assert "min_ratio" in job["error"]
+    assert not (tmp_path / "result.json").exists()

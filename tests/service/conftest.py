@@ -1,0 +1,124 @@
+"""Fixtures of the service tests: both database backends and a real Redis.
+
+``db_url`` runs a test once on SQLite (a file under ``tmp_path``) and once on
+PostgreSQL (a database created for this test session and dropped after it;
+each test gets an empty schema). PostgreSQL is required: when it cannot be
+reached or started the PostgreSQL variants fail, unless
+``PRUNESEARCH_TEST_POSTGRES=off`` says explicitly to leave them out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from redis import Redis
+from sqlalchemy import make_url
+from sqlalchemy.orm import Session
+
+from service.db.session import dispose_all, migrate, session_factory
+from tests.support import redis_server, start_postgres_cluster
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_TEST_DB = 15
+
+
+def _libpq(url: str) -> str:
+    """The plain libpq form of a SQLAlchemy URL (psycopg does not take ``+psycopg``)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _postgres_error(url: str) -> str | None:
+    try:
+        with psycopg.connect(_libpq(url), connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """URL of a fresh, uniquely named PostgreSQL database for this test session."""
+    admin = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    error = _postgres_error(admin)
+    if error is not None:
+        start_error = start_postgres_cluster()
+        deadline = time.monotonic() + 20
+        while error is not None and start_error is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            error = _postgres_error(admin)
+        if error is not None:
+            pytest.fail(
+                f"PostgreSQL is not reachable at {admin} ({error}); starting it failed: "
+                f"{start_error or 'it started but still does not answer'}. Set "
+                "PRUNESEARCH_TEST_POSTGRES_URL to a reachable server, or "
+                "PRUNESEARCH_TEST_POSTGRES=off to run the SQLite variants only."
+            )
+    name = f"prunesearch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_all()
+        with psycopg.connect(_libpq(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _empty_schema(url: str) -> None:
+    """Drop everything a test created, so the next test starts from an empty database."""
+    dispose_all()
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty (not yet migrated) database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'prunesearch.db'}"
+        dispose_all()
+        return
+    if os.environ.get("PRUNESEARCH_TEST_POSTGRES", "").lower() == "off":
+        pytest.skip("PostgreSQL variant turned off (PRUNESEARCH_TEST_POSTGRES=off)")
+    url: str = request.getfixturevalue("postgres_database")
+    _empty_schema(url)
+    yield url
+    _empty_schema(url)
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    """A session on a migrated database."""
+    migrate(db_url)
+    with session_factory(db_url)() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the session: the local one, or one started for the tests."""
+    try:
+        with redis_server(tmp_path_factory.mktemp("redis")) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    """A Redis URL on a database of its own, empty before and after the test."""
+    url = f"{redis_base_url}/{REDIS_TEST_DB}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

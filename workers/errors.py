@@ -1,0 +1,31 @@
+"""Errors of the workers package; every one derives from :class:`WorkerError`.
+
+The service converts these into job failures with a readable reason, so each
+message says what went wrong *and* what the user can do about it.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base class of everything the workers raise on purpose."""
+
+
+class UnknownArchitecture(WorkerError):
+    """An architecture name that the model zoo does not provide."""
+
+
+class DatasetNotFound(WorkerError):
+    """A dataset's files are in none of the folders that were searched."""
+
+
+class PruneError(WorkerError):
+    """Channel counts or kept indices that do not fit the network's groups."""
+
+
+class ProfileBuildError(WorkerError):
+    """The network contains a layer the exact cost model cannot express."""
+
+
+class ExportError(WorkerError):
+    """An exported network cannot be written, or its files cannot be trusted."""

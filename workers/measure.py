@@ -1,0 +1,87 @@
+"""FLOPs, parameters and latency of a (pruned) network.
+
+``count`` is the reference the ModelProfile is tested against, so it is
+torch-pruning's own counter and nothing else. Latency is the median of a few
+timed forward passes after warm-up: medians shrug off the odd scheduler
+hiccup that would dominate a mean over so few repeats.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+
+def count(
+    model: nn.Module, input_shape: tuple[int, int, int], device: str | torch.device = "cpu"
+) -> tuple[float, float]:
+    """MACs and parameters of ``model`` for one ``(C, H, W)`` input.
+
+    The model is not changed, nor moved (torch-pruning counts on a deep copy;
+    a model elsewhere than ``device`` is copied there first).
+    """
+    dev = torch.device(device)
+    first = next(model.parameters(), None)
+    if first is not None and first.device != dev:
+        model = copy.deepcopy(model).to(dev)
+    example = torch.zeros(1, *input_shape, device=dev)
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return float(macs), float(params)
+
+
+@torch.inference_mode()
+def latency_ms(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    device: str | torch.device = "cpu",
+    batch_sizes: Sequence[int] = (1, 256),
+    warmup: int = 2,
+    repeats: int = 5,
+) -> dict[int, float]:
+    """Median forward time in milliseconds per batch size, in eval mode.
+
+    CUDA is synchronised around every timed pass so that the time covers the
+    kernels, not just their launch. The model's mode is restored.
+
+    Args:
+        model: Network to time (moved to ``device``).
+        input_shape: ``(C, H, W)`` of one image.
+        device: Where to run.
+        batch_sizes: Batch sizes to time (1 = interactive, 256 = throughput).
+        warmup: Untimed passes first (allocator, cuDNN autotuning, caches).
+        repeats: Timed passes per batch size.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    dev = torch.device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    result: dict[int, float] = {}
+    try:
+        for batch in batch_sizes:
+            x = torch.randn(batch, *input_shape, device=dev)
+            for _ in range(warmup):
+                model(x)
+            times = []
+            for _ in range(repeats):
+                _sync(dev)
+                start = time.perf_counter()
+                model(x)
+                _sync(dev)
+                times.append((time.perf_counter() - start) * 1000.0)
+            result[int(batch)] = statistics.median(times)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

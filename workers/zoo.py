@@ -1,0 +1,200 @@
+"""The model zoo: small CIFAR-style networks that every part of a job can rebuild.
+
+Every network is built from a name and three integers only, and remembers them
+(``arch`` and ``arch_kwargs`` attributes), because an exported pruned network
+is stored as "zoo name + kept channel indices + weights" rather than as a
+pickled module. Every final classifier is called ``fc``: it is the one layer
+whose output channels (the classes) must never be pruned.
+
+ReLUs are separate module instances at every call site (never reused, never
+functional) so that torch-pruning's op counter sees and counts each one, and
+the dependency graph gets one node per activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from workers.errors import UnknownArchitecture
+
+ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
+
+MIN_INPUT_SIZE = 28
+
+
+class ZooNet(nn.Module):
+    """Base of the zoo's networks: carries what is needed to rebuild it."""
+
+    arch: str
+    arch_kwargs: dict[str, int]
+
+    def _remember(self, arch: str, in_channels: int, num_classes: int, input_size: int) -> None:
+        self.arch = arch
+        self.arch_kwargs = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "input_size": input_size,
+        }
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, padding: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class LeNet5(ZooNet):
+    """LeNet-5 with BatchNorm; adaptive pooling lets any input size >= 28 work."""
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int) -> None:
+        super().__init__()
+        self._remember("lenet5", in_channels, num_classes, input_size)
+        self.features = nn.Sequential(
+            *_conv_bn_relu(in_channels, 6, 5, padding=2),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(6, 16, 5, padding=0),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(5),
+        )
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(120, 84)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(84, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x).flatten(1)
+        x = self.relu1(self.fc1(x))
+        x = self.relu2(self.fc2(x))
+        return self.fc(x)
+
+
+VGG11S_CONFIG: tuple[int | str, ...] = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256)
+
+
+class VGG11S(ZooNet):
+    """A slim VGG-11: eight 3x3 conv+BN+ReLU layers, four max-pools, GAP, ``fc``.
+
+    One max-pool fewer than CIFAR VGG-11 so that a 28x28 input still has a
+    1x1 map at the end; global average pooling makes larger inputs work too.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int) -> None:
+        super().__init__()
+        self._remember("vgg11s", in_channels, num_classes, input_size)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for item in VGG11S_CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                assert isinstance(item, int)
+                layers.extend(_conv_bn_relu(c_in, item, 3, padding=1))
+                c_in = item
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual; the shortcut is a 1x1 conv + BN where shapes change.
+
+    The projection shortcut ("option B") keeps every coupling a plain tensor
+    operation that torch-pruning can follow, unlike the zero-padding shortcut.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(c_out),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + shortcut)
+
+
+class CifarResNet(ZooNet):
+    """CIFAR ResNet (He et al. 2016, section 4.2): 6n+2 layers, widths 16-32-64."""
+
+    def __init__(
+        self, arch: str, depth: int, in_channels: int, num_classes: int, input_size: int
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        self._remember(arch, in_channels, num_classes, input_size)
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._stage(16, 16, blocks, stride=1)
+        self.layer2 = self._stage(16, 32, blocks, stride=2)
+        self.layer3 = self._stage(32, 64, blocks, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(c_in, c_out, stride)]
+        layers += [BasicBlock(c_out, c_out, 1) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+_BUILDERS: dict[str, Callable[[int, int, int], ZooNet]] = {
+    "lenet5": LeNet5,
+    "vgg11s": VGG11S,
+    "resnet20": lambda c, k, s: CifarResNet("resnet20", 20, c, k, s),
+    "resnet56": lambda c, k, s: CifarResNet("resnet56", 56, c, k, s),
+}
+
+
+def build(arch: str, *, in_channels: int, num_classes: int, input_size: int) -> ZooNet:
+    """Build an unpruned, freshly initialised network of the zoo.
+
+    Args:
+        arch: One of :data:`ARCHS`.
+        in_channels: Image channels (1 or 3 in practice; any positive number works).
+        num_classes: Output classes of ``fc`` (at least 2).
+        input_size: Side of the square input images (at least 28). Stored so the
+            network can be rebuilt and profiled at the size it was trained for.
+
+    Raises:
+        UnknownArchitecture: ``arch`` is not in the zoo.
+        ValueError: A size argument is out of range.
+    """
+    builder = _BUILDERS.get(arch)
+    if builder is None:
+        raise UnknownArchitecture(f"unknown architecture {arch!r}; the zoo has {', '.join(ARCHS)}")
+    if in_channels < 1 or num_classes < 2 or input_size < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"need in_channels >= 1, num_classes >= 2, input_size >= {MIN_INPUT_SIZE}; got "
+            f"{in_channels}, {num_classes}, {input_size}"
+        )
+    return builder(in_channels, num_classes, input_size)
