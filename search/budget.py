@@ -135,7 +135,6 @@ def _fill_up(
             open_groups.discard(g)
 
 
-
 def _swap_up(
     space: SearchSpace,
     counts: list[int],

@@ -142,6 +142,7 @@ def kept_channels(ratio: float, channels: int, round_to: int = 1) -> int:
     n = math.floor(ratio * channels / step + 0.5) * step
     return int(min(channels, max(step, n)))
 
+
 def _evaluate(terms: Sequence[Term], counts: Sequence[int]) -> float:
     total = 0.0
     for term in terms:

@@ -86,4 +86,3 @@ def tell(job_id: str, url: str, number: int, score: float | None) -> None:
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     else:
         study.tell(number, score, skip_if_finished=True)
-

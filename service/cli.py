@@ -46,8 +46,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"job {job['id']} {job['status']}: {job['error']}", file=sys.stderr)
         return 1
     print(summary(job["result"]))
-    print(f"written: {', '.join(str(args.out / n) for n in job['result']['artifacts'])}, "
-          f"{args.out / 'result.json'}")
+    print(
+        f"written: {', '.join(str(args.out / n) for n in job['result']['artifacts'])}, "
+        f"{args.out / 'result.json'}"
+    )
     return 0
 
 
@@ -72,8 +74,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     with httpx.Client(base_url=args.url, timeout=30) as client:
-        resp = client.post("/v1/jobs", json=spec.model_dump(mode="json"),
-                           params={"queue": args.queue})
+        resp = client.post(
+            "/v1/jobs", json=spec.model_dump(mode="json"), params={"queue": args.queue}
+        )
         if resp.status_code != 201:
             print(f"rejected ({resp.status_code}): {resp.text}", file=sys.stderr)
             return 1

@@ -93,10 +93,18 @@ def summary(result: dict[str, Any]) -> str:
     base, best = result["baseline"], result["best"]
     rows = [
         ("test accuracy", f"{base['accuracy']:.4f}", f"{best['accuracy']:.4f}", ""),
-        ("FLOPs (MACs)", f"{base['flops']:,.0f}", f"{best['flops']:,.0f}",
-         f"{best['flops_ratio']:.3f}x"),
-        ("params", f"{base['params']:,.0f}", f"{best['params']:,.0f}",
-         f"{best['params_ratio']:.3f}x"),
+        (
+            "FLOPs (MACs)",
+            f"{base['flops']:,.0f}",
+            f"{best['flops']:,.0f}",
+            f"{best['flops_ratio']:.3f}x",
+        ),
+        (
+            "params",
+            f"{base['params']:,.0f}",
+            f"{best['params']:,.0f}",
+            f"{best['params_ratio']:.3f}x",
+        ),
     ]
     for batch in base["latency_ms"]:
         b, p = base["latency_ms"][batch], best["latency_ms"][batch]

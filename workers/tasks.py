@@ -287,7 +287,7 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
             }
             for p in pareto_front(points)
         ]
-        chosen = {
+        chosen: dict[str, Any] = {
             "candidate_id": best.id,
             "trial_number": best.trial_number,
             "search_score": best.score,
@@ -319,22 +319,22 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
     onnx_path = export.export_onnx(out, model, ctx.input_shape)
     # Final numbers come from the exported files, so they are what the user gets.
     exported = export.load(out, device=str(ctx.device))
-    best = {
+    final = {
         "accuracy": _accuracy(ctx, exported, "test"),
         "val_accuracy": _accuracy(ctx, exported, "val"),
         **_measure(ctx, exported),
         **chosen,
         "criterion": spec.search.criterion,
     }
-    best["flops_ratio"] = best["flops"] / baseline["flops"]
-    best["params_ratio"] = best["params"] / baseline["params"]
+    final["flops_ratio"] = final["flops"] / baseline["flops"]
+    final["params_ratio"] = final["params"] / baseline["params"]
     timings["finalize_s"] = time.perf_counter() - start
     result = {
         "job_id": job_id,
         "name": spec.name,
         "device": str(ctx.device),
         "baseline": baseline,
-        "best": best,
+        "best": final,
         "pareto": front,
         "timings": {k: timings[k] for k in ("prepare_s", "search_s", "finalize_s")},
         "artifacts": ["model.safetensors", "recipe.json"] + (["model.onnx"] if onnx_path else []),

@@ -30,22 +30,20 @@ def run_worker(
     name: str | None = None,
 ) -> bool:
     """Serve ``queues`` until stopped (or until empty with ``burst``)."""
-    if device.startswith("cuda"):
-        # Checked without initialising CUDA in this (parent) process.
-        if not os.path.exists("/dev/nvidiactl"):
-            raise SystemExit(f"--device {device}: no NVIDIA driver on this machine")
+    # Checked without initialising CUDA in this (parent) process.
+    if device.startswith("cuda") and not os.path.exists("/dev/nvidiactl"):
+        raise SystemExit(f"--device {device}: no NVIDIA driver on this machine")
     settings = settings or Settings()
     name = name or f"{socket.gethostname()}.{os.getpid()}.{device.replace(':', '')}"
     # The work-horse inherits these: tasks read Settings() and the worker name.
     os.environ["PRUNESEARCH_DEVICE"] = device
     os.environ["PRUNESEARCH_WORKER_NAME"] = name
     redis = Redis.from_url(settings.redis_url)
-    serializer = JSONSerializer()
     worker = Worker(
-        [Queue(q, connection=redis, serializer=serializer) for q in queues],
+        [Queue(q, connection=redis, serializer=JSONSerializer) for q in queues],
         connection=redis,
         name=name,
-        serializer=serializer,
+        serializer=JSONSerializer,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return worker.work(burst=burst, logging_level="INFO")

@@ -27,11 +27,12 @@ from tests.support import free_port
 from workers import export
 
 CLI = [sys.executable, "-m", "service.cli"]
+Stack = tuple[str, dict[str, str], list[str], list[subprocess.Popen[bytes]], Path]
 REDIS_DB = 13
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_base: str) -> Iterator[tuple[str, dict[str, str], list[str]]]:
+def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
     redis_url = f"{redis_base}/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     env = {
@@ -47,13 +48,17 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[tuple[str, dict[str, str]
     procs = [
         subprocess.Popen(
             [*CLI, "serve", "--port", str(port)],
-            env=env, stdout=(logs / "api.log").open("w"), stderr=subprocess.STDOUT,
+            env=env,
+            stdout=(logs / "api.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
     ]
     procs += [
         subprocess.Popen(
             [*CLI, "worker", "--name", name, "--device", "cpu"],
-            env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+            env=env,
+            stdout=(logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
         for name in names
     ]
@@ -68,7 +73,7 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[tuple[str, dict[str, str]
             if time.monotonic() > deadline or procs[0].poll() is not None:
                 pytest.fail(f"API did not start:\n{(logs / 'api.log').read_text()}")
             time.sleep(0.2)
-        yield url, env, names
+        yield url, env, names, procs[1:], logs
     finally:
         for p in procs:
             p.terminate()
@@ -80,20 +85,30 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[tuple[str, dict[str, str]
         redis.Redis.from_url(redis_url).flushdb()
 
 
-def test_submit_wait_with_two_workers(
-    tmp_path: Path, stack: tuple[str, dict[str, str], list[str]]
-) -> None:
-    url, env, names = stack
+def test_submit_wait_with_two_workers(tmp_path: Path, stack: Stack) -> None:
+    url, env, names, workers, log_dir = stack
     spec = tiny_spec("e2e", n_trials=10)
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
 
-    done = subprocess.run(
+    submit = subprocess.Popen(
         [*CLI, "submit", str(spec_file), "--url", url, "--wait"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "test accuracy" in done.stdout
+    deadline = time.monotonic() + 300
+    while submit.poll() is None:
+        dead = [w for w in workers if w.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            submit.kill()
+            logs = "\n".join(p.read_text() for p in log_dir.glob("*.log"))
+            pytest.fail(f"{'a worker died' if dead else 'no end within 300 s'}:\n{logs}")
+        time.sleep(0.5)
+    output = submit.stdout.read() if submit.stdout else ""
+    assert submit.returncode == 0, output
+    assert "test accuracy" in output
 
     jobs = httpx.get(f"{url}/v1/jobs").json()
     items = jobs["items"] if isinstance(jobs, dict) else jobs

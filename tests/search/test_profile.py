@@ -31,10 +31,14 @@ def test_base_cost_is_the_polynomial_at_full_width(profile: ModelProfile) -> Non
 
 def test_halving_every_group_quarters_the_bilinear_terms(profile: ModelProfile) -> None:
     half = tuple(c // 2 for c in profile.channels)
-    bilinear = sum(t.coef * profile.channels[t.groups[0]] * profile.channels[t.groups[1]]
-                   for t in profile.flops_terms if len(t.groups) == 2)
-    linear = sum(t.coef * profile.channels[t.groups[0]]
-                 for t in profile.flops_terms if len(t.groups) == 1)
+    bilinear = sum(
+        t.coef * profile.channels[t.groups[0]] * profile.channels[t.groups[1]]
+        for t in profile.flops_terms
+        if len(t.groups) == 2
+    )
+    linear = sum(
+        t.coef * profile.channels[t.groups[0]] for t in profile.flops_terms if len(t.groups) == 1
+    )
     assert profile.flops(half) == pytest.approx(bilinear / 4 + linear / 2)
 
 
@@ -50,8 +54,12 @@ def test_rejects_other_versions_and_bad_terms(profile: ModelProfile) -> None:
         ModelProfile.from_dict(data)
     with pytest.raises(ProfileError, match="outside"):
         ModelProfile(
-            arch="x", input_shape=(1, 28, 28), num_classes=2, groups=profile.groups,
-            flops_terms=(Term(1.0, (7,)),), params_terms=(),
+            arch="x",
+            input_shape=(1, 28, 28),
+            num_classes=2,
+            groups=profile.groups,
+            flops_terms=(Term(1.0, (7,)),),
+            params_terms=(),
         )
     with pytest.raises(ProfileError, match="expected 4"):
         profile.flops((1, 2))
