@@ -18,6 +18,7 @@ writes JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -68,7 +69,7 @@ def analyze(db_url: str, job_id: str | None = None) -> dict[str, Any]:
     gaps = []
     for spans in by_worker.values():
         spans.sort()
-        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False) if b[0] >= a[1]]
+        gaps += [b[0] - a[1] for a, b in itertools.pairwise(spans) if b[0] >= a[1]]
     gap = statistics.mean(gaps) if gaps else 0.0
     mean_compute = statistics.mean(compute)
     mean_overhead = statistics.mean(in_task) + gap
@@ -153,8 +154,10 @@ def table(r: dict[str, Any]) -> str:
         ("= overhead", r["overhead_s_mean"]),
         ("context load (per process)", r["load_s_mean"]),
     ]
-    lines = [f"{r['job']} — {r['mode']}: {r['complete_candidates']} scored candidates, "
-             f"workers {', '.join(r['workers'])}"]
+    lines = [
+        f"{r['job']} — {r['mode']}: {r['complete_candidates']} scored candidates, "
+        f"workers {', '.join(r['workers'])}"
+    ]
     lines += [f"  {name:28} {value * 1000:10.1f} ms" for name, value in rows]
     lines.append(f"  {'overhead / trial wall time':28} {100 * r['overhead_fraction']:10.2f} %")
     return "\n".join(lines)
@@ -178,7 +181,8 @@ def main() -> int:
     else:
         result = run_service(args.target, args.workers)
     print(table(result))
-    out = args.json or ROOT / "bench" / "results" / f"trial_overhead-{result['job']}-{args.mode}.json"
+    name = f"trial_overhead-{result['job']}-{args.mode}.json"
+    out = args.json or ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

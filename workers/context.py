@@ -107,14 +107,7 @@ def job_context(job_id: str, spec: JobSpec, settings: Settings, profile: dict | 
     if ctx is None:
         start = time.perf_counter()
         device = resolve_device(settings.device)
-        splits = data.load(
-            spec.dataset.name,
-            dirs=settings.dataset_dirs(spec.dataset.name),
-            seed=spec.seed,
-            val_fraction=spec.dataset.val_fraction,
-            subset=spec.dataset.subset,
-            device=device,
-        )
+        splits = load_splits(spec, settings, device)
         ctx = JobContext(job_id, spec, settings, device, splits, time.perf_counter() - start)
         _contexts[job_id] = ctx
         while len(_contexts) > _CACHE_SIZE:
@@ -122,6 +115,18 @@ def job_context(job_id: str, spec: JobSpec, settings: Settings, profile: dict | 
     if profile is not None and ctx.profile is None:
         ctx.profile = ModelProfile.from_dict(profile)
     return ctx
+
+
+def load_splits(spec: JobSpec, settings: Settings, device: torch.device | str) -> data.DataSplits:
+    """The job's dataset, split by its seed (the same split in every process)."""
+    return data.load(
+        spec.dataset.name,
+        dirs=settings.dataset_dirs(spec.dataset.name),
+        seed=spec.seed,
+        val_fraction=spec.dataset.val_fraction,
+        subset=spec.dataset.subset,
+        device=device,
+    )
 
 
 def forget(job_id: str) -> None:

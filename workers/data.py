@@ -16,7 +16,6 @@ a run is reproducible whatever the device.
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +119,10 @@ class DataSplits:
     std: tuple[float, ...]
 
 
-def default_dirs(name: str) -> list[Path]:
-    """Folders searched when the caller names none: ``$PRUNESEARCH_DATA_DIR``, then the system."""
-    dirs: list[Path] = []
-    root = os.environ.get("PRUNESEARCH_DATA_DIR")
-    if root:
-        dirs += [Path(root) / name, Path(root)]
-    return [*dirs, Path("/usr/share/datasets") / name]
-
-
 def load(
     name: str,
     *,
-    dirs: Sequence[Path] | None = None,
+    dirs: Sequence[Path] = (),
     seed: int,
     val_fraction: float,
     subset: int | None = None,
@@ -143,7 +133,7 @@ def load(
     Args:
         name: ``fashion-mnist``, ``digits`` or ``synthetic``.
         dirs: Folders to search, in order, for file-based datasets
-            (default: :func:`default_dirs`).
+            (``Settings.dataset_dirs`` gives the configured ones).
         seed: Decides which training images go to validation and the subset.
         val_fraction: Part of the official training split held out for
             validation (scoring candidates), in ``[0, 1)``.
@@ -160,9 +150,7 @@ def load(
         raise ValueError(f"subset must be positive, got {subset}")
     hflip = False
     if name == "fashion-mnist":
-        train_x, train_y, test_x, test_y = _fashion_mnist(
-            list(dirs) if dirs is not None else default_dirs(name)
-        )
+        train_x, train_y, test_x, test_y = _fashion_mnist(list(dirs))
         hflip = True
     elif name == "digits":
         train_x, train_y, test_x, test_y = _digits()

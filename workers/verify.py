@@ -14,7 +14,8 @@ from pathlib import Path
 
 from service.db.spec import JobSpec
 from service.settings import Settings
-from workers import data, export, measure, train
+from workers import export, measure, train
+from workers.context import load_splits
 
 ACCURACY_TOLERANCE = 0.001  # 0.1 point
 BUDGET_SLACK = 1.01
@@ -36,14 +37,7 @@ def verify(out: Path, *, device: str = "cpu", settings: Settings | None = None) 
     spec = JobSpec.model_validate(result["spec"])
     best, base = result["best"], result["baseline"]
     model = export.load(out, device=device)
-    splits = data.load(
-        spec.dataset.name,
-        dirs=settings.dataset_dirs(spec.dataset.name),
-        seed=spec.seed,
-        val_fraction=spec.dataset.val_fraction,
-        subset=spec.dataset.subset,
-        device=device,
-    )
+    splits = load_splits(spec, settings, device)
     shape = (splits.in_channels, splits.size, splits.size)
     flops, params = measure.count(model, shape, device=device)
     accuracy = train.evaluate(model, splits.test, batch_size=512, device=device)

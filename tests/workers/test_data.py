@@ -101,7 +101,6 @@ def test_augment_shift_is_bounded() -> None:
     assert len(rows) == 64
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_loads() -> None:
     ds = data.load("fashion-mnist", dirs=[FASHION_DIR], seed=0, val_fraction=0.1, subset=1000)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1000, 6000, 10000)
