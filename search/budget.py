@@ -99,12 +99,12 @@ def repair(space: SearchSpace, proposed: Sequence[float], budget: Budget) -> Rep
                 hi = mid
     counts = list(space.counts(along(lo)))
     if lo < 2.0:
-        ceiling = space.counts(along(hi))
-        _fill_up(space, counts, along(hi), ceiling, fill)
+        top = space.counts([space.max_ratio] * space.size)
+        _fill_up(space, counts, along(hi), space.counts(along(hi)), fill)  # shape first
+        _fill_up(space, counts, along(hi), top, fill)  # then whatever still fits
         if fill(counts) < 1.0 - budget.tolerance:
-            top = space.counts([space.max_ratio] * space.size)
-            _fill_up(space, counts, along(hi), top, fill)
             counts = _swap_up(space, counts, along(hi), top, fill, 1.0 - budget.tolerance)
+            _fill_up(space, counts, along(hi), top, fill)
     channels = profile.channels
     return Repaired(
         ratios=tuple(n / c for n, c in zip(counts, channels, strict=True)),
