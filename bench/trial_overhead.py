@@ -150,7 +150,7 @@ def table(r: dict[str, Any]) -> str:
         ("sampler ask + repair", m["ask_s"]),
         ("database", m["db_s"]),
         ("tell", m["tell_s"]),
-        ("queue gap (dequeue, fork)", r["queue_gap_s_mean"]),
+        ("gap between trials (queue)", r["queue_gap_s_mean"]),
         ("= overhead", r["overhead_s_mean"]),
         ("context load (per process)", r["load_s_mean"]),
     ]

@@ -15,6 +15,7 @@ a run is reproducible whatever the device.
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -148,20 +149,9 @@ def load(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be positive, got {subset}")
-    hflip = False
-    if name == "fashion-mnist":
-        train_x, train_y, test_x, test_y = _fashion_mnist(list(dirs))
-        hflip = True
-    elif name == "digits":
-        train_x, train_y, test_x, test_y = _digits()
-    elif name == "synthetic":
-        train_x, train_y, test_x, test_y = _synthetic()
-    else:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}")
-
+    train_x, train_y, test_x, test_y, mean, std = raw(name, tuple(dirs))
+    hflip = name == "fashion-mnist"
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    mean = train_x.float().div(255.0).mean(dim=(0, 2, 3))
-    std = train_x.float().div(255.0).std(dim=(0, 2, 3)).clamp_min(1e-6)
 
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
     n_val = round(val_fraction * len(train_y))
@@ -185,6 +175,28 @@ def load(
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
     )
+
+
+@functools.lru_cache(maxsize=2)
+def raw(name: str, dirs: tuple[Path, ...] = ()) -> tuple[Tensor, ...]:
+    """Decoded images and labels of both official splits, with the train mean/std.
+
+    Cached per process: decoding takes about a second, and a worker's parent
+    calls this before forking each task (see ``workers.worker``), so every
+    work-horse inherits the decoded arrays instead of decoding them again.
+    The tensors are shared: callers index or copy them, never write in place.
+    """
+    if name == "fashion-mnist":
+        train_x, train_y, test_x, test_y = _fashion_mnist(list(dirs))
+    elif name == "digits":
+        train_x, train_y, test_x, test_y = _digits()
+    elif name == "synthetic":
+        train_x, train_y, test_x, test_y = _synthetic()
+    else:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}")
+    mean = train_x.float().div(255.0).mean(dim=(0, 2, 3))
+    std = train_x.float().div(255.0).std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return train_x, train_y, test_x, test_y, mean, std
 
 
 def _augment(images: Tensor, generator: torch.Generator | None, *, hflip: bool) -> Tensor:

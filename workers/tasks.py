@@ -151,12 +151,12 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
 def trial(job_id: str, settings: Settings | None = None) -> None:
     """Ask, repair, build, score and tell one candidate."""
     settings = settings or Settings()
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), datetime.now(UTC)
     status, ctx = _load(job_id, settings)
     if status != JobStatus.searching:
         log.info("trial(%s) skipped: job is %s", job_id, status)
         return
-    timings: dict[str, float] = {"load_s": ctx.load_s, "db_s": time.perf_counter() - t0}
+    timings = {"load_s": ctx.load_s, "db_s": time.perf_counter() - t0 - ctx.load_s}
     ctx.load_s = 0.0  # paid once per process
     spec, space = ctx.spec, ctx.space()
 
@@ -189,6 +189,7 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
             worker=worker_name(),
             device=str(ctx.device),
             status=CandidateStatus.running,
+            started_at=started_at,
         )
         cand_id = cand.id
         reused = None if earlier is None else (earlier.score, earlier.accuracy, earlier.id)

@@ -72,8 +72,9 @@ def report(checks: list[Check]) -> str:
     """The checks as a table."""
     lines = [f"{'check':16} {'claimed':>16} {'measured':>16}  {'rule':28} ok"]
     for c in checks:
+        fmt = ",.4f" if c.name == "test accuracy" else ",.0f"
         lines.append(
-            f"{c.name:16} {c.claimed:>16,.4f} {c.measured:>16,.4f}  {c.limit:28} "
+            f"{c.name:16} {c.claimed:>16{fmt}} {c.measured:>16{fmt}}  {c.limit:28} "
             f"{'yes' if c.ok else 'NO'}"
         )
     return "\n".join(lines)

@@ -11,14 +11,56 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Any
 
+import torch
 from redis import Redis
 from rq import Queue, Worker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from service.settings import Settings
 
 DEFAULT_QUEUES = ("interactive", "overnight")
+log = logging.getLogger(__name__)
+
+
+class PrefetchingWorker(Worker):
+    """Decodes a task's dataset in the parent, before the work-horse is forked.
+
+    Every task runs in a fresh fork, so anything it loads dies with it. The
+    decoded images (CPU memory only: the parent never touches CUDA) are
+    cached here instead and reach each horse through the fork for free.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Forking after a multi-threaded OpenMP region hangs the child, so the
+        # parent computes single-threaded; each horse gets the threads back.
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        torch.set_num_threads(self._threads)
+        super().main_work_horse(job, queue)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            _prefetch(str(job.args[0]))
+        except Exception:  # the task itself will load (and report) it
+            log.warning("could not prefetch the dataset of %s", job.id, exc_info=True)
+        super().execute_job(job, queue)
+
+
+def _prefetch(job_id: str) -> None:
+    from service.db import repo
+    from service.db.session import session_factory, session_scope
+    from workers import data
+
+    settings = Settings()
+    with session_scope(session_factory(settings.database_url)) as s:
+        name = repo.get_job(s, job_id).spec["dataset"]["name"]
+    data.raw(name, tuple(settings.dataset_dirs(name)))
 
 
 def run_worker(
@@ -33,13 +75,18 @@ def run_worker(
     # Checked without initialising CUDA in this (parent) process.
     if device.startswith("cuda") and not os.path.exists("/dev/nvidiactl"):
         raise SystemExit(f"--device {device}: no NVIDIA driver on this machine")
+    # Import torch, torch-pruning, optuna and the tasks once, here: every
+    # work-horse is forked from this process and would otherwise pay the
+    # imports (seconds) on every trial. Importing torch does not initialise CUDA.
+    import workers.tasks  # noqa: F401
+
     settings = settings or Settings()
     name = name or f"{socket.gethostname()}.{os.getpid()}.{device.replace(':', '')}"
     # The work-horse inherits these: tasks read Settings() and the worker name.
     os.environ["PRUNESEARCH_DEVICE"] = device
     os.environ["PRUNESEARCH_WORKER_NAME"] = name
     redis = Redis.from_url(settings.redis_url)
-    worker = Worker(
+    worker = PrefetchingWorker(
         [Queue(q, connection=redis, serializer=JSONSerializer) for q in queues],
         connection=redis,
         name=name,
