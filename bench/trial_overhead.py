@@ -52,12 +52,13 @@ def analyze(db_url: str, job_id: str | None = None) -> dict[str, Any]:
         cands = [
             c
             for c in repo.list_candidates(s, job.id, limit=1_000_000, offset=0)
-            if c.status == CandidateStatus.complete
+            if c.status in (CandidateStatus.complete, CandidateStatus.duplicate)
         ]
+        duplicates = sum(c.status == CandidateStatus.duplicate for c in cands)
         rows = [(c.worker, c.started_at, c.finished_at, dict(c.timings)) for c in cands]
         name, n_trials = job.name, job.n_trials
     if not rows:
-        raise SystemExit("no complete candidates to analyze")
+        raise SystemExit("no finished trials to analyze")
     per = {k: [t.get(k, 0.0) for *_, t in rows] for k in (*COMPUTE, *IN_TASK_OVERHEAD)}
     compute = [sum(t.get(k, 0.0) for k in COMPUTE) for *_, t in rows]
     in_task = [sum(t.get(k, 0.0) for k in IN_TASK_OVERHEAD) for *_, t in rows]
@@ -65,19 +66,21 @@ def analyze(db_url: str, job_id: str | None = None) -> dict[str, Any]:
     # Gaps between consecutive trials of the same worker: queue + fork + start.
     by_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for worker, start, end, _ in rows:
-        by_worker[str(worker)].append((start.timestamp(), end.timestamp()))
+        by_worker[str(worker)].append((start.timestamp(), (end or start).timestamp()))
     gaps = []
     for spans in by_worker.values():
         spans.sort()
         gaps += [b[0] - a[1] for a, b in itertools.pairwise(spans) if b[0] >= a[1]]
     gap = statistics.mean(gaps) if gaps else 0.0
+    # Duplicates (a network already scored) cost overhead only: they count.
     mean_compute = statistics.mean(compute)
     mean_overhead = statistics.mean(in_task) + gap
     trial_wall = mean_compute + mean_overhead + statistics.mean(load)
     return {
         "job": name,
         "trials": n_trials,
-        "complete_candidates": len(rows),
+        "finished_trials": len(rows),
+        "duplicates": duplicates,
         "workers": sorted(by_worker),
         "mean_s": {k: statistics.mean(v) for k, v in per.items()},
         "load_s_mean": statistics.mean(load),
@@ -155,8 +158,8 @@ def table(r: dict[str, Any]) -> str:
         ("context load (per process)", r["load_s_mean"]),
     ]
     lines = [
-        f"{r['job']} — {r['mode']}: {r['complete_candidates']} scored candidates, "
-        f"workers {', '.join(r['workers'])}"
+        f"{r['job']} — {r['mode']}: {r['finished_trials']} trials "
+        f"({r['duplicates']} duplicates, scored once), workers {', '.join(r['workers'])}"
     ]
     lines += [f"  {name:28} {value * 1000:10.1f} ms" for name, value in rows]
     lines.append(f"  {'overhead / trial wall time':28} {100 * r['overhead_fraction']:10.2f} %")
