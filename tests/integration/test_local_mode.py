@@ -60,3 +60,27 @@ def test_infeasible_budget_fails_the_job_with_a_reason(tmp_path: Path) -> None:
     assert job["status"] == "failed"
     assert "min_ratio" in job["error"]
     assert not (tmp_path / "result.json").exists()
+
+
+def test_finetune_scoring_trains_each_candidate_before_validating(tmp_path: Path) -> None:
+    base = tiny_spec("local-finetune", n_trials=3)
+    spec = base.model_copy(
+        update={
+            "scoring": base.scoring.model_copy(update={"mode": "finetune", "finetune_steps": 5}),
+            "model": base.model.model_copy(update={"pretrain_epochs": 1}),
+        }
+    )
+    adaptive = run_local(
+        base.model_copy(update={"model": spec.model}), tmp_path / "a", progress=False
+    )
+    tuned = run_local(spec, tmp_path / "b", progress=False)
+    assert adaptive["status"] == tuned["status"] == "done"
+    for job, out in ((adaptive, tmp_path / "a"), (tuned, tmp_path / "b")):
+        with session_scope(session_factory(local_settings(out, "cpu").database_url)) as s:
+            cands = repo.list_candidates(s, job["id"], limit=10, offset=0)
+            job["calib"] = sum(c.timings.get("calib_s", 0.0) for c in cands)
+            job["accs"] = [c.accuracy for c in cands]
+    # Same seed, same proposals: only the five SGD steps differ, and they cost time
+    # and change the scores.
+    assert tuned["calib"] > adaptive["calib"]
+    assert tuned["accs"] != adaptive["accs"]
