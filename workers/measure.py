@@ -56,7 +56,8 @@ def latency_ms(
         device: Where to run.
         batch_sizes: Batch sizes to time (1 = interactive, 256 = throughput).
         warmup: Untimed passes first (allocator, cuDNN autotuning, caches).
-        repeats: Timed passes per batch size.
+        repeats: Timed passes at batch 256; smaller batches get proportionally
+            more (at most 200), so the median is stable.
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
@@ -67,10 +68,12 @@ def latency_ms(
     try:
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, device=dev)
-            for _ in range(warmup):
+            # Small batches take microseconds and jitter a lot: time more of them.
+            n = max(repeats, min(200, repeats * 256 // batch))
+            for _ in range(max(warmup, n // 10)):
                 model(x)
             times = []
-            for _ in range(repeats):
+            for _ in range(n):
                 _sync(dev)
                 start = time.perf_counter()
                 model(x)
