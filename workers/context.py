@@ -42,6 +42,11 @@ class JobContext:
     baseline_state: dict[str, torch.Tensor] | None = None
     profile: ModelProfile | None = None
 
+    def take_load_time(self) -> float:
+        """Seconds spent loading this context, reported once (by whoever loaded it)."""
+        load_s, self.load_s = self.load_s, 0.0
+        return load_s
+
     @property
     def job_dir(self) -> Path:
         return self.settings.job_dir(self.job_id)
