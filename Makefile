@@ -50,8 +50,13 @@ serve: setup
 worker: setup
 	$(BIN)/prunesearch worker
 
+# Per-trial time split (docs/benchmarks.md). The service run needs Redis;
+# the demo analysis reads the folder `make demo` wrote.
 bench: setup
-	$(BIN)/python bench/trial_overhead.py
+	$(BIN)/python bench/trial_overhead.py local examples/digits.yaml --json bench/results/trial_overhead-digits-local.json
+	$(BIN)/python bench/trial_overhead.py service examples/digits.yaml --workers 2 --json bench/results/trial_overhead-digits-service.json
+	$(BIN)/python bench/trial_overhead.py service examples/fashion_mnist.yaml --workers 2 --json bench/results/trial_overhead-demo-service.json
+	test ! -f $(OUT)/result.json || $(BIN)/python bench/trial_overhead.py analyze $(OUT) --json bench/results/trial_overhead-demo.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache
