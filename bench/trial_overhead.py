@@ -107,9 +107,11 @@ def run_service(spec_path: Path, workers: int) -> dict[str, Any]:
         migrate(settings.database_url)
         redis = Redis.from_url(redis_url)
         redis.flushdb()
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        worker_cmd = [sys.executable, "-m", "service.cli", "worker", "--threads", str(threads)]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "worker", "--name", f"bench-w{i}"],
+                [*worker_cmd, "--name", f"bench-w{i}"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -7,8 +7,8 @@ short transactions; everything slow happens between them, in the worker.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from functools import cache
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -29,17 +29,32 @@ class Proposal:
     ratios: tuple[float, ...]
 
 
-@cache
+_storages: dict[str, RDBStorage] = {}
+
+
 def storage(url: str) -> RDBStorage:
     """One RDB storage per URL and process (it owns a connection pool).
 
     SQLite gets a long busy timeout because several local worker processes
     may write the same file.
     """
-    kwargs: dict[str, object] = {}
-    if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"timeout": 60}}
-    return RDBStorage(url, engine_kwargs=kwargs)
+    if url not in _storages:
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 60}}
+        _storages[url] = RDBStorage(url, engine_kwargs=kwargs)
+    return _storages[url]
+
+
+def _after_fork_in_child() -> None:
+    # A worker's parent opens the storage once (schema checks take ~0.1 s);
+    # each forked task keeps the engine but must not reuse the parent's
+    # connections, so it drops the pool without closing them.
+    for url in list(_storages):
+        _storages[url].engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def study_name(job_id: str) -> str:

@@ -65,7 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
-    run_worker(args.queues, device=args.device, burst=args.burst, name=args.name)
+    run_worker(
+        args.queues, device=args.device, burst=args.burst, name=args.name, threads=args.threads
+    )
     return 0
 
 
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", default=None, help="worker name (default host.pid.device)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per task (default: all cores)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a JobSpec to a running service")

@@ -26,18 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class PrefetchingWorker(Worker):
-    """Decodes a task's dataset in the parent, before the work-horse is forked.
+    """Decodes a task's dataset (and opens the study storage) in the parent, before forking.
 
     Every task runs in a fresh fork, so anything it loads dies with it. The
     decoded images (CPU memory only: the parent never touches CUDA) are
     cached here instead and reach each horse through the fork for free.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Forking after a multi-threaded OpenMP region hangs the child, so the
         # parent computes single-threaded; each horse gets the threads back.
-        self._threads = torch.get_num_threads()
+        self._threads = threads or torch.get_num_threads()
         torch.set_num_threads(1)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
@@ -53,6 +53,7 @@ class PrefetchingWorker(Worker):
 
 
 def _prefetch(job_id: str) -> None:
+    from search.study import storage as study_storage
     from service.db import repo
     from service.db.session import session_factory, session_scope
     from workers import data
@@ -61,6 +62,7 @@ def _prefetch(job_id: str) -> None:
     with session_scope(session_factory(settings.database_url)) as s:
         name = repo.get_job(s, job_id).spec["dataset"]["name"]
     data.raw(name, tuple(settings.dataset_dirs(name)))
+    study_storage(settings.optuna_url)  # opened once here; each horse reuses the engine
 
 
 def run_worker(
@@ -70,8 +72,15 @@ def run_worker(
     settings: Settings | None = None,
     burst: bool = False,
     name: str | None = None,
+    threads: int | None = None,
 ) -> bool:
-    """Serve ``queues`` until stopped (or until empty with ``burst``)."""
+    """Serve ``queues`` until stopped (or until empty with ``burst``).
+
+    ``threads`` caps the CPU threads of each task (default: PyTorch's, i.e.
+    every core). Several CPU workers on one machine should share the cores
+    (cores / workers each): oversubscribed threads made two 2-thread workers
+    on 2 cores several times slower per trial than one.
+    """
     # Checked without initialising CUDA in this (parent) process.
     if device.startswith("cuda") and not os.path.exists("/dev/nvidiactl"):
         raise SystemExit(f"--device {device}: no NVIDIA driver on this machine")
@@ -91,6 +100,7 @@ def run_worker(
         connection=redis,
         name=name,
         serializer=JSONSerializer,
+        threads=threads,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return worker.work(burst=burst, logging_level="INFO")
