@@ -22,14 +22,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import UnknownSampler
 
-SAMPLERS = ("tpe", "uniform")
+SAMPLERS = ("tpe", "random", "uniform")
 
 
 def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
     """The sampler called ``name`` for a job of ``n_trials`` trials.
 
     ``tpe`` is Optuna's multivariate TPE with the constant liar, so parallel
-    workers do not all crowd the same promising region. ``uniform`` samples
+    workers do not all crowd the same promising region. ``random`` draws
+    every group's ratio independently (the baseline every search must beat at
+    equal evaluations, METHODS.md). ``uniform`` samples
     the single shared ratio of the uniform baseline at random (after budget
     repair every proposal becomes the same network, which the duplicate check
     then scores only once).
@@ -45,7 +47,7 @@ def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
                 constant_liar=True,
             )
 
-    elif name == "uniform":
+    elif name in ("random", "uniform"):
 
         def factory(s: int) -> BaseSampler:
             return RandomSampler(seed=s)

@@ -235,7 +235,9 @@ def _score(ctx: JobContext, counts: list[int], timings: dict[str, float]) -> flo
     """Prune the baseline to ``counts`` and return its proxy validation accuracy."""
     tick = time.perf_counter()
     model = ctx.baseline()
-    prune.prune(model, counts, example_inputs=ctx.example_inputs())
+    prune.prune(
+        model, counts, example_inputs=ctx.example_inputs(), criterion=ctx.spec.search.criterion
+    )
     timings["prune_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     scoring = ctx.spec.scoring
@@ -314,7 +316,12 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
 
     spec = ctx.spec
     model = ctx.baseline()
-    kept = prune.prune(model, chosen["counts"], example_inputs=ctx.example_inputs())
+    kept = prune.prune(
+        model,
+        chosen["counts"],
+        example_inputs=ctx.example_inputs(),
+        criterion=spec.search.criterion,
+    )
     if spec.final.finetune_epochs > 0:
         _fit(ctx, model, epochs=spec.final.finetune_epochs)
     out = ctx.job_dir

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
 DATASETS = ("fashion-mnist", "digits", "synthetic")
-SAMPLERS = ("tpe", "uniform")
+SAMPLERS = ("tpe", "random", "uniform")
 
 Ratio = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -58,10 +58,10 @@ class TargetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "uniform"] = "tpe"
+    sampler: Literal["tpe", "random", "uniform"] = "tpe"
     n_trials: int = Field(default=40, ge=1, le=10_000)
     min_ratio: float = Field(default=0.1, ge=0.01, le=1.0)
-    criterion: Literal["l1"] = "l1"
+    criterion: Literal["l1", "l2"] = "l1"
     masking: Literal["static"] = "static"
     round_to: int = Field(default=1, ge=1, le=64)
 

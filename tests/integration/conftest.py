@@ -17,7 +17,7 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def tiny_spec(name: str, n_trials: int = 8, sampler: str = "tpe") -> JobSpec:
+def tiny_spec(name: str, n_trials: int = 8, sampler: str = "tpe", criterion: str = "l1") -> JobSpec:
     """A job that runs in seconds: LeNet-5 on the synthetic set."""
     return JobSpec.model_validate(
         {
@@ -25,7 +25,12 @@ def tiny_spec(name: str, n_trials: int = 8, sampler: str = "tpe") -> JobSpec:
             "model": {"arch": "lenet5", "pretrain_epochs": 2},
             "dataset": {"name": "synthetic"},
             "target": {"flops_ratio": 0.5},
-            "search": {"sampler": sampler, "n_trials": n_trials, "min_ratio": 0.2},
+            "search": {
+                "sampler": sampler,
+                "n_trials": n_trials,
+                "min_ratio": 0.2,
+                "criterion": criterion,
+            },
             "scoring": {"calib_batches": 2},
             "final": {"finetune_epochs": 1},
         }

@@ -16,9 +16,13 @@ from workers import export
 from workers.verify import verify
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "uniform"])
-def test_local_search_writes_a_verified_result(tmp_path: Path, sampler: str) -> None:
-    spec = tiny_spec(f"local-{sampler}", n_trials=6, sampler=sampler)
+@pytest.mark.parametrize(
+    ("sampler", "criterion"), [("tpe", "l1"), ("uniform", "l1"), ("random", "l2")]
+)
+def test_local_search_writes_a_verified_result(
+    tmp_path: Path, sampler: str, criterion: str
+) -> None:
+    spec = tiny_spec(f"local-{sampler}", n_trials=6, sampler=sampler, criterion=criterion)
     job = run_local(spec, tmp_path, progress=False)
     assert job["status"] == "done", job["error"]
 
@@ -28,6 +32,7 @@ def test_local_search_writes_a_verified_result(tmp_path: Path, sampler: str) -> 
     best = result["best"]
     assert best["flops"] <= 0.5 * result["baseline"]["flops"] * 1.01
     assert set(best["latency_ms"]) == {"1", "256"}
+    assert best["criterion"] == criterion
     assert result["pareto"] and all(p["flops"] > 0 for p in result["pareto"])
 
     # Every claim re-measured from the exported files alone.

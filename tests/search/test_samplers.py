@@ -27,7 +27,7 @@ def _run(url: str, job: str, space: SearchSpace, sampler: str, seed: int, n: int
     return proposals
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "uniform"])
+@pytest.mark.parametrize("sampler", ["tpe", "random", "uniform"])
 def test_same_seed_same_proposals(tmp_path: Path, profile: ModelProfile, sampler: str) -> None:
     space = SearchSpace(profile, min_ratio=0.1)
     a = _run(f"sqlite:///{tmp_path / 'a.db'}", "a", space, sampler, 7, 12)
@@ -70,3 +70,9 @@ def test_failed_and_repeated_tells_are_harmless(tmp_path: Path, profile: ModelPr
 def test_unknown_sampler() -> None:
     with pytest.raises(UnknownSampler, match="tpe"):
         make_sampler("annealing", seed=0, n_trials=3)
+
+
+def test_random_draws_each_group_independently(tmp_path: Path, profile: ModelProfile) -> None:
+    space = SearchSpace(profile)
+    proposals = _run(f"sqlite:///{tmp_path / 'r.db'}", "r", space, "random", 0, 8)
+    assert all(len(set(ratios)) == space.size for ratios in proposals)

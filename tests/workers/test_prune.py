@@ -141,3 +141,21 @@ def test_pruning_keeps_weights_and_statistics() -> None:
     assert model.training
     torch.testing.assert_close(bn.running_mean, mean[kept])
     torch.testing.assert_close(conv.weight, weight[kept])
+
+
+def test_l1_and_l2_disagree_where_they_should() -> None:
+    """Many small weights beat one large weight under L1, and lose under L2."""
+    example = torch.zeros(1, *SHAPE)
+    kept = {}
+    for criterion in ("l1", "l2"):
+        model = _lenet()
+        _silence(model, [0, 1, 2, 3, 4, 5])
+        conv1 = _layer(model, "features.0", torch.nn.Conv2d)
+        with torch.no_grad():
+            conv1.weight[2].fill_(0.1)  # 25 weights: L1 2.5, L2 0.5
+            conv1.weight[4, 0, 0, 0] = 1.0  # one weight: L1 1.0, L2 1.0
+        _, groups = channel_groups(model, example)
+        counts = [1, *(g.channels for g in groups[1:])]
+        kept[criterion] = prune(model, counts, example_inputs=example, criterion=criterion)
+    assert kept["l1"]["features.0"] == [2]
+    assert kept["l2"]["features.0"] == [4]
