@@ -194,6 +194,25 @@ def _factor(dims: dict[tuple[str, str], Factor], name: str, side: str, size: int
     return dims.get((name, side), (None, size))
 
 
+def _weight_factors(
+    dims: dict[tuple[str, str], Factor], name: str, module: nn.Conv2d | nn.Linear
+) -> tuple[Factor, Factor, int]:
+    """Input and output channel factors of a conv/linear weight, and its kernel area."""
+    if isinstance(module, nn.Linear):
+        return (
+            _factor(dims, name, "in", module.in_features),
+            _factor(dims, name, "out", module.out_features),
+            1,
+        )
+    if module.groups != 1:
+        raise ProfileBuildError(f"{name}: grouped convolutions are not supported")
+    return (
+        _factor(dims, name, "in", module.in_channels),
+        _factor(dims, name, "out", module.out_channels),
+        int(module.kernel_size[0] * module.kernel_size[1]),
+    )
+
+
 def _term(coef: float, *factors: Factor) -> Term:
     """Fold fixed factors into the coefficient; keep group factors as variables."""
     groups: list[int] = []
@@ -224,19 +243,14 @@ def _flops_terms(
     def hook(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
-            if module.groups != 1:
-                raise ProfileBuildError(f"{name}: grouped convolutions are not supported")
-            c_in = _factor(dims, name, "in", module.in_channels)
-            c_out = _factor(dims, name, "out", module.out_channels)
+            c_in, c_out, kernel = _weight_factors(dims, name, module)
             spatial = int(output.shape[2] * output.shape[3])
-            kernel = int(module.kernel_size[0] * module.kernel_size[1])
             terms.append(_term(kernel * spatial, c_in, c_out))
             if module.bias is not None:
                 terms.append(_term(spatial, c_out))
             producers[output.grad_fn] = c_out
         elif isinstance(module, nn.Linear):
-            c_in = _factor(dims, name, "in", module.in_features)
-            c_out = _factor(dims, name, "out", module.out_features)
+            c_in, c_out, _ = _weight_factors(dims, name, module)
             rows = int(x.numel() // x.shape[-1])
             terms.append(_term(rows, c_in, c_out))
             if module.bias is not None:
@@ -305,19 +319,9 @@ def _params_terms(model: nn.Module, dims: dict[tuple[str, str], Factor]) -> list
         own = list(module.parameters(recurse=False))
         if not own:
             continue
-        if isinstance(module, nn.Conv2d):
-            if module.groups != 1:
-                raise ProfileBuildError(f"{name}: grouped convolutions are not supported")
-            c_in = _factor(dims, name, "in", module.in_channels)
-            c_out = _factor(dims, name, "out", module.out_channels)
-            kernel = int(module.kernel_size[0] * module.kernel_size[1])
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            c_in, c_out, kernel = _weight_factors(dims, name, module)
             terms.append(_term(kernel, c_in, c_out))
-            if module.bias is not None:
-                terms.append(_term(1, c_out))
-        elif isinstance(module, nn.Linear):
-            c_in = _factor(dims, name, "in", module.in_features)
-            c_out = _factor(dims, name, "out", module.out_features)
-            terms.append(_term(1, c_in, c_out))
             if module.bias is not None:
                 terms.append(_term(1, c_out))
         elif isinstance(module, _BNS):

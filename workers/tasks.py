@@ -135,7 +135,8 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         )
         model.to(ctx.device)
         ctx.profile = profile
-        repair(ctx.space(), [1.0] * ctx.space().size, ctx.budget())  # infeasible: fail now
+        space = ctx.space()
+        repair(space, [1.0] * space.size, ctx.budget())  # infeasible: fail now
         baseline = {
             "accuracy": _accuracy(ctx, model, "test"),
             "val_accuracy": _accuracy(ctx, model, "val"),
