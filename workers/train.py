@@ -23,6 +23,8 @@ MAX_WARMUP_STEPS = 200
 CHECK_EVERY = 50
 
 StepCallback = Callable[[int, float], None]
+# (logits, inputs, labels) -> scalar loss; the default is cross-entropy.
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def fit(
@@ -38,6 +40,7 @@ def fit(
     seed: int = 0,
     augment: bool = True,
     on_step: StepCallback | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``split``.
 
@@ -61,6 +64,9 @@ def fit(
         on_step: Called as ``on_step(step, loss)`` after every step, e.g. to
             report progress or raise to cancel (reading the loss synchronises
             CUDA each step; leave it out for full GPU speed).
+        loss_fn: Replaces cross-entropy, e.g. distillation from a teacher or
+            a regulariser that reads features captured by hooks; called as
+            ``loss_fn(logits, inputs, labels)`` right after the forward pass.
 
     Returns:
         ``steps``, ``epochs`` (actually run), ``images``, ``seconds``,
@@ -91,6 +97,7 @@ def fit(
     warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * total)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
     criterion = nn.CrossEntropyLoss()
+    compute = loss_fn or (lambda logits, _x, y: criterion(logits, y))
     generator = torch.Generator().manual_seed(seed)
 
     # Losses stay on the device: reading each one would synchronise CUDA every step.
@@ -101,7 +108,7 @@ def fit(
     model.train()
     for step, (x, y) in enumerate(_endless(split, batch_size, generator, augment), start=1):
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(x), y)
+        loss = compute(model(x), x, y)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -136,6 +143,18 @@ def _checked(pending: list[Tensor], step: int) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(f"training diverged before step {step} (loss {values[-1]})")
     return values
+
+
+def calibration_batches(
+    split: Split, count: int, *, batch_size: int = 128, seed: int = 0
+) -> list[tuple[Tensor, Tensor]]:
+    """``count`` shuffled, un-augmented ``(inputs, labels)`` batches for data-driven criteria.
+
+    Drawn once and reused, so every criterion, reconstruction or statistic
+    computed for one candidate sees the very same images.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return list(split.batches(batch_size, shuffle=True, generator=generator, limit=count))
 
 
 def finetune_steps(model: nn.Module, split: Split, steps: int, **kwargs: Any) -> dict[str, Any]:
