@@ -36,6 +36,10 @@ class ResultNotReady(NotFound):
     """The job has no result: it is not ``done`` (yet, or ever)."""
 
 
+class TriageNotReady(NotFound):
+    """The job has no triage report: it did not ask for one, or it is not written yet."""
+
+
 class ArtifactNotFound(NotFound):
     """The artifact is not one a job can have, or it was not written."""
 

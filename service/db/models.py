@@ -67,6 +67,9 @@ class Job(Base):
     profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    triage: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, default=None, doc="sensitivity curves and block criticality (triage: true)"
+    )
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

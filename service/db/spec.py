@@ -7,13 +7,14 @@ workers without the API importing anything of the workers.
 
 Every field is bounded and every model forbids unknown keys, so a typo is a
 422 naming the field instead of a silently ignored option. Options that
-later issues add (other criteria, dynamic masks, distillation, uploaded
-weights) are rejected here until they exist, rather than accepted and ignored.
+later issues add (uploaded weights, more samplers) are rejected here until
+they exist, rather than accepted and ignored; options that only make sense
+together (``fold`` needs ``similarity``) are checked here too.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,9 +62,51 @@ class SearchSpec(_Strict):
     sampler: Literal["tpe", "random", "uniform"] = "tpe"
     n_trials: int = Field(default=40, ge=1, le=10_000)
     min_ratio: float = Field(default=0.1, ge=0.01, le=1.0)
-    criterion: Literal["l1", "l2"] = "l1"
-    masking: Literal["static"] = "static"
     round_to: int = Field(default=1, ge=1, le=64)
+    operator: Literal["prune", "lowrank", "mixed"] = Field(
+        default="prune",
+        description="prune: channels only; lowrank: SVD ranks only (ALDS); mixed: each layer "
+        "may be pruned, decomposed, or both.",
+    )
+    lowrank_slices: int = Field(
+        default=1, ge=1, le=8, description="ALDS k: input-channel slices per decomposed conv."
+    )
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "similarity", "discriminant"] = "l1"
+    criterion_batches: int = Field(
+        default=4, ge=1, le=100, description="Calibration batches of the data criteria."
+    )
+    fold: bool = Field(
+        default=False, description="similarity: fold removed channels into their kept twins."
+    )
+    push_steps: int = Field(
+        default=0, ge=0, le=10_000, description="discriminant: steps of discriminant push first."
+    )
+    push_weight: float = Field(default=0.1, ge=0.0, le=10.0)
+    masking: Literal["static", "dynamic"] = "static"
+    mask_every: int = Field(
+        default=50, ge=1, le=10_000, description="dynamic: steps between mask recomputations."
+    )
+    reconstruct: bool = Field(
+        default=False, description="Least-squares refit of the next layers after pruning."
+    )
+    repair: bool = Field(
+        default=True,
+        description="Move every proposal onto the budget; when false, over-budget candidates "
+        "are scored with the FLOPs-aware penalty instead.",
+    )
+    flops_lambda: float = Field(
+        default=1.0, ge=0.0, le=100.0, description="lambda of accuracy - lambda*max(0, fill-1)."
+    )
+
+    @model_validator(mode="after")
+    def _compatible(self) -> Self:
+        if self.fold and self.criterion != "similarity":
+            raise ValueError("fold needs criterion similarity")
+        if self.push_steps and self.criterion != "discriminant":
+            raise ValueError("push_steps needs criterion discriminant")
+        if self.masking == "dynamic" and self.operator != "prune":
+            raise ValueError("masking dynamic works with operator prune only")
+        return self
 
 
 class ScoringSpec(_Strict):
@@ -72,6 +115,7 @@ class ScoringSpec(_Strict):
     finetune_steps: int = Field(
         default=0, ge=0, le=100_000, description="SGD steps before validation (mode finetune)."
     )
+    distill: bool = Field(default=False, description="Distil from the baseline while fine-tuning.")
 
     @model_validator(mode="after")
     def _steps_for_finetune(self) -> Self:
@@ -82,7 +126,34 @@ class ScoringSpec(_Strict):
 
 class FinalSpec(_Strict):
     finetune_epochs: float = Field(default=1.0, ge=0.0, le=200.0)
-    distill: Literal[False] = False
+    distill: bool = Field(default=False, description="Distil from the baseline while fine-tuning.")
+
+
+class DistillSpec(_Strict):
+    """Knowledge distillation from the unpruned baseline, for every distilled fine-tune."""
+
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Share of the KD term; the rest is cross-entropy."
+    )
+
+
+class TriageSpec(_Strict):
+    """Deep Net Triage report; ``triage: true`` is shorthand for ``{enabled: true}``."""
+
+    enabled: bool = False
+    blocks: bool = Field(default=True, description="Also collapse each block (costs fine-tunes).")
+    block_steps: int = Field(default=100, ge=1, le=100_000)
+    narrow: bool = Field(default=True, description="Narrow ratio bounds from the curves.")
+    tolerance: float = Field(
+        default=0.02, gt=0.0, le=1.0, description="Accuracy drop that counts as sensitive."
+    )
+    seed_trials: int = Field(default=2, ge=0, le=20, description="First trials seeded from it.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
 
 
 class TrainSpec(_Strict):
@@ -101,5 +172,7 @@ class JobSpec(_Strict):
     search: SearchSpec = SearchSpec()
     scoring: ScoringSpec = ScoringSpec()
     final: FinalSpec = FinalSpec()
+    distillation: DistillSpec = DistillSpec()
+    triage: TriageSpec = TriageSpec()
     train: TrainSpec = TrainSpec()
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

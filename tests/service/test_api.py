@@ -19,6 +19,7 @@ from service.api.app import create_app
 from service.db import repo
 from service.db.models import CandidateStatus, JobStatus
 from service.db.session import session_factory
+from service.db.spec import JobSpec
 from service.queue import get_queue, task_ids
 from service.settings import Settings
 from tests.support import free_port
@@ -145,6 +146,16 @@ BAD_BODIES = [
     ("bad arch", _with("model.arch", "resnet9000"), "arch"),
     ("bad name", _with("name", "../etc passwd"), "name"),
     ("empty target", _with("target", {}), "target"),
+    ("bad criterion", _with("search.criterion", "l3"), "criterion"),
+    ("fold without similarity", _with("search.fold", True), "search"),
+    ("push without discriminant", _with("search.push_steps", 10), "search"),
+    ("bad masking", _with("search.masking", "sometimes"), "masking"),
+    ("bad operator", _with("search.operator", "quantize"), "operator"),
+    ("lowrank_slices 0", _with("search.lowrank_slices", 0), "lowrank_slices"),
+    ("distill temperature 0", _with("distillation", {"temperature": 0}), "temperature"),
+    ("distill weight 2", _with("distillation", {"weight": 2}), "weight"),
+    ("triage not a bool", _with("triage", "yes please"), "triage"),
+    ("triage unknown key", _with("triage", {"enabled": True, "colour": 1}), "colour"),
 ]
 
 
@@ -338,6 +349,25 @@ def test_result_is_404_until_done(client: TestClient, settings: Settings) -> Non
     assert client.get("/v1/jobs/nope/result").status_code == 404
 
 
+def test_sensitivity_is_404_until_triage_is_written(client: TestClient, settings: Settings) -> None:
+    plain = _make_job(settings)
+    response = client.get(f"/v1/jobs/{plain}/sensitivity")
+    assert response.status_code == 404
+    assert "no triage: true" in response.json()["detail"]
+
+    spec = JobSpec.model_validate({**_with("search.n_trials", 3), "triage": True})
+    with session_factory(settings.database_url)() as s:
+        job_id = repo.create_job(s, spec, "interactive").id
+    assert "it is queued" in client.get(f"/v1/jobs/{job_id}/sensitivity").json()["detail"]
+    report = {"curves": {"conv1": [[0.1, 0.2], [0.9, 0.8]]}, "blocks": []}
+    with session_factory(settings.database_url)() as s:
+        repo.update_job(s, job_id, triage=report)
+    response = client.get(f"/v1/jobs/{job_id}/sensitivity")
+    assert response.status_code == 200
+    assert response.json() == report
+    assert client.get("/v1/jobs/nope/sensitivity").status_code == 404
+
+
 def test_artifacts_allow_list(client: TestClient, settings: Settings) -> None:
     job_id = _make_job(settings)
     job_dir = settings.job_dir(job_id)
@@ -376,6 +406,7 @@ def test_healthz_and_openapi(client: TestClient) -> None:
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/candidates",
         "/v1/jobs/{job_id}/result",
+        "/v1/jobs/{job_id}/sensitivity",
         "/v1/jobs/{job_id}/artifacts/{name}",
         "/healthz",
     } <= set(schema["paths"])

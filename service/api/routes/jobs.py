@@ -16,7 +16,7 @@ from service.api.schemas import BaseCosts, CandidatePublic, JobPublic, Page
 from service.db import repo
 from service.db.models import JobStatus
 from service.db.spec import JobSpec
-from service.errors import ArtifactNotFound, QueueUnavailable, ResultNotReady
+from service.errors import ArtifactNotFound, QueueUnavailable, ResultNotReady, TriageNotReady
 from service.queue import INTERACTIVE, enqueue_job, ensure_available
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -28,6 +28,7 @@ ARTIFACTS: dict[str, str] = {
     "model.safetensors": "application/octet-stream",
     "model.onnx": "application/octet-stream",
     "baseline.safetensors": "application/octet-stream",
+    "sensitivity.json": "application/json",
 }
 
 
@@ -101,6 +102,21 @@ def get_result(job_id: str, session: SessionDep) -> dict[str, Any]:
     if job.status != JobStatus.done or job.result is None:
         raise ResultNotReady(f"job {job_id!r} has no result: it is {job.status.value}")
     return job.result
+
+
+@router.get("/{job_id}/sensitivity")
+def get_sensitivity(job_id: str, session: SessionDep) -> dict[str, Any]:
+    """The triage report: per-group sensitivity curves and per-block criticality.
+
+    Written by ``prepare`` when the spec says ``triage: true``, so it is
+    readable while the search still runs; 404 before that or without triage.
+    """
+    job = repo.get_job(session, job_id)
+    if job.triage is None:
+        wanted = bool(job.spec.get("triage", {}).get("enabled"))
+        reason = f"it is {job.status.value}" if wanted else "its spec has no triage: true"
+        raise TriageNotReady(f"job {job_id!r} has no triage report: {reason}")
+    return job.triage
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
