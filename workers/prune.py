@@ -1,7 +1,7 @@
 """Physical channel pruning of whole groups.
 
 A candidate is a channel count per group (from ``search.profile.kept_channels``);
-this module decides *which* channels survive and removes the others for real,
+this module removes all but the channels :mod:`workers.criteria` chooses, for real,
 so the pruned network is smaller and faster, not merely masked. The kept
 indices refer to the unpruned network and are what an exported recipe stores:
 re-applying them to a freshly built network reproduces the architecture.
@@ -11,39 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from workers.criteria import CRITERIA, DATA_CRITERIA, Batches, importance, select, top_channels
 from workers.errors import PruneError
 from workers.profiling import ChannelGroup, channel_groups
 
-CRITERIA = ("l1", "l2")
+__all__ = [
+    "CRITERIA",
+    "apply_kept",
+    "group_importance",
+    "kept_counts",
+    "prune",
+    "top_channels",
+]
 
 
 def group_importance(groups: Sequence[ChannelGroup], criterion: str = "l1") -> list[Tensor]:
-    """Per-channel importance of every group: the Lp norm over all coupled slices.
+    """Per-channel importance from the weights alone (``l1``, ``l2`` or ``bn_scale``).
 
-    Summing over the conv filters, BN affine parameters and the consumers'
-    input slices of a channel (group magnitude) scores a channel by everything
-    that would be removed with it, not by one layer alone.
+    Kept for callers that re-rank channels repeatedly from the current
+    weights (dynamic masks); :func:`workers.criteria.importance` is the full API.
     """
-    if criterion not in CRITERIA:
-        raise PruneError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
-    scorer = tp.importance.GroupMagnitudeImportance(
-        p=1 if criterion == "l1" else 2, normalizer=None
-    )
-    with torch.no_grad():
-        return [scorer(g.group).detach().float().cpu() for g in groups]
-
-
-def top_channels(importance: Tensor, count: int) -> list[int]:
-    """Indices of the ``count`` most important channels, sorted ascending.
-
-    Ties keep the lower index (stable sort), so the choice is deterministic.
-    """
-    order = torch.argsort(-importance, stable=True)
-    return sorted(int(i) for i in order[:count])
+    if criterion in DATA_CRITERIA:
+        raise PruneError(f"criterion {criterion!r} needs a model and calibration batches")
+    # The weight criteria never read the model: a placeholder stands in for it.
+    return importance(nn.Module(), groups, criterion)
 
 
 def prune(
@@ -52,6 +46,8 @@ def prune(
     *,
     example_inputs: Tensor,
     criterion: str = "l1",
+    batches: Batches | None = None,
+    fold: bool = False,
 ) -> dict[str, list[int]]:
     """Prune ``model`` in place so that group ``g`` keeps ``counts[g]`` channels.
 
@@ -64,22 +60,23 @@ def prune(
         counts: Channels to keep per group, in :func:`~workers.profiling.channel_groups`
             order (the profile's order); each in ``1..channels``.
         example_inputs: A batch the network accepts, on the model's device.
-        criterion: ``"l1"`` or ``"l2"`` group magnitude.
+        criterion: One of :data:`workers.criteria.CRITERIA`.
+        batches: Calibration ``(inputs, labels)`` on the model's device; needed
+            by the data criteria (:data:`workers.criteria.DATA_CRITERIA`).
+        fold: With ``similarity``, fold each removed channel into its kept
+            twin in the consumers' weights before cutting (see
+            :func:`workers.criteria.select`).
 
     Returns:
         Kept original channel indices (sorted) per group name: the recipe.
 
     Raises:
-        PruneError: Wrong number of counts, or a count out of range.
+        PruneError: Wrong number of counts, a count out of range, an unknown
+            criterion, a data criterion without batches, or ``fold`` with a
+            criterion other than ``similarity``.
     """
     dg, groups = channel_groups(model, example_inputs)
-    if len(counts) != len(groups):
-        raise PruneError(f"expected {len(groups)} channel counts, got {len(counts)}")
-    for g, n in zip(groups, counts, strict=True):
-        if not 1 <= int(n) <= g.channels:
-            raise PruneError(f"group {g.name}: cannot keep {n} of {g.channels} channels")
-    scores = group_importance(groups, criterion)
-    kept = {g.name: top_channels(s, int(n)) for g, s, n in zip(groups, scores, counts, strict=True)}
+    kept = select(model, groups, counts, criterion, batches, fold=fold)
     _remove_complement(dg, groups, kept)
     return kept
 

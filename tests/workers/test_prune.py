@@ -7,7 +7,8 @@ from typing import TypeVar
 import pytest
 import torch
 
-from workers import zoo
+from workers import data, train, zoo
+from workers.criteria import DATA_CRITERIA, select
 from workers.errors import PruneError
 from workers.profiling import channel_groups
 from workers.prune import apply_kept, kept_counts, prune
@@ -94,8 +95,13 @@ def test_rejects_zero_and_wrong_length() -> None:
         prune(model, [0] + [g.channels for g in groups[1:]], example_inputs=example)
     with pytest.raises(PruneError, match="channel counts"):
         prune(model, [1], example_inputs=example)
-    with pytest.raises(PruneError, match="criterion"):
-        prune(model, [g.channels for g in groups], example_inputs=example, criterion="taylor")
+    full = [g.channels for g in groups]
+    with pytest.raises(PruneError, match="'taylor' needs calibration batches"):
+        prune(model, full, example_inputs=example, criterion="taylor")
+    with pytest.raises(PruneError, match="unknown criterion"):
+        prune(model, full, example_inputs=example, criterion="hrank")
+    with pytest.raises(PruneError, match="fold"):
+        prune(model, full, example_inputs=example, criterion="l2", fold=True)
 
 
 def test_apply_kept_reproduces_the_architecture() -> None:
@@ -159,3 +165,38 @@ def test_l1_and_l2_disagree_where_they_should() -> None:
         kept[criterion] = prune(model, counts, example_inputs=example, criterion=criterion)
     assert kept["l1"]["features.0"] == [2]
     assert kept["l2"]["features.0"] == [4]
+
+
+@pytest.mark.parametrize("criterion", ["bn_scale", *sorted(DATA_CRITERIA)])
+def test_prune_cuts_what_the_criterion_selects(criterion: str) -> None:
+    """prune() keeps exactly criteria.select's choice, made on the unpruned network."""
+    splits = data.load("synthetic", seed=0, val_fraction=0.1)
+    batches = train.calibration_batches(splits.train, 1, batch_size=32)
+    example = torch.zeros(1, *SHAPE)
+    model = _lenet()
+    _, groups = channel_groups(model, example)
+    counts = [max(1, g.channels // 3) for g in groups]
+    chosen = select(model, groups, counts, criterion, batches)
+    kept = prune(model, counts, example_inputs=example, criterion=criterion, batches=batches)
+    assert kept == chosen
+    assert _layer(model, "features.4", torch.nn.Conv2d).in_channels == counts[0]
+
+
+def test_prune_folds_a_duplicate_before_cutting() -> None:
+    """With fold, cutting one of two identical channels leaves the output unchanged."""
+    splits = data.load("synthetic", seed=0, val_fraction=0.1)
+    batches = train.calibration_batches(splits.train, 1, batch_size=32)
+    example = torch.zeros(1, *SHAPE)
+    model = _lenet()
+    conv1 = _layer(model, "features.0", torch.nn.Conv2d)
+    with torch.no_grad():
+        conv1.weight[4] = conv1.weight[1]
+        expected = model(batches[0][0])
+    _, groups = channel_groups(model, example)
+    counts = [5, *(g.channels for g in groups[1:])]
+    kept = prune(
+        model, counts, example_inputs=example, criterion="similarity", batches=batches, fold=True
+    )
+    assert len({1, 4} & set(kept["features.0"])) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(batches[0][0]), expected, rtol=1e-4, atol=1e-5)
