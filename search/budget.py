@@ -5,11 +5,13 @@ is moved onto the budget using the ModelProfile alone, so no GPU time is
 spent on an infeasible candidate and no budget is left unused (a network at
 40% of the FLOPs when 50% are allowed is a wasted evaluation).
 
-The repair keeps the *shape* of the proposal: it moves every ratio along one
-monotone path, from the lower bound (t=0) through the proposal (t=1) to the
-upper bound (t=2), bisects for the largest feasible point, and then adds
-single channel steps, most under-served group first, until nothing more fits.
-With ``round_to=1`` this lands within ``tolerance`` (1%) under the limit.
+The repair keeps the *shape* of the proposal: it moves every variable along
+one monotone path, from its lower bound (t=0) through the proposal (t=1) to
+its upper bound (t=2), bisects for the largest feasible point, and then adds
+single steps (channels or ranks), most under-served variable first, until
+nothing more fits. Bounds are per variable (:attr:`SearchSpace.bounds`), so a
+fixed variable (``lo == hi``) never moves. With ``round_to=1`` this lands
+within ``tolerance`` (1%) under the limit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from search.errors import InfeasibleBudget, SearchError
+from search.profile import ModelProfile
 from search.space import SearchSpace
 
 _BISECT_STEPS = 40
@@ -38,14 +41,29 @@ class Budget:
             if value is not None and not 0.0 < value <= 1.0:
                 raise SearchError(f"budget ratios must be in (0, 1], got {value}")
 
+    def fill(self, profile: ModelProfile, values: Sequence[int]) -> float:
+        """Largest ``used / limit`` of ``values`` (counts, then optional ranks); <= 1 fits."""
+        return max(metric(values) / limit for metric, limit in self._limits(profile))
+
+    def _limits(
+        self, profile: ModelProfile
+    ) -> list[tuple[Callable[[Sequence[int]], float], float]]:
+        limits: list[tuple[Callable[[Sequence[int]], float], float]] = []
+        if self.flops_ratio is not None:
+            limits.append((profile.flops, self.flops_ratio * profile.base_flops))
+        if self.params_ratio is not None:
+            limits.append((profile.params, self.params_ratio * profile.base_params))
+        return limits
+
 
 @dataclass(frozen=True)
 class Repaired:
     """A budget-feasible candidate.
 
     Attributes:
-        ratios: Effective keep ratios (kept / channels) per group.
-        counts: Kept channels per group.
+        ratios: Effective keep ratios (count / unpruned size) per variable.
+        counts: Kept channels per group, then (``lowrank``/``mixed``) the
+            rank built per slot, canonical (:meth:`SearchSpace.canonical`).
         flops: FLOPs (MACs) from the profile.
         params: Parameters from the profile.
         fill: Largest ``used / limit`` over the budget's limits (at most 1).
@@ -62,24 +80,21 @@ def repair(space: SearchSpace, proposed: Sequence[float], budget: Budget) -> Rep
     """Move ``proposed`` onto the budget, keeping its shape (see module docstring).
 
     Raises:
-        InfeasibleBudget: even every group at ``min_ratio`` exceeds the budget.
+        InfeasibleBudget: even every variable at its lower bound exceeds the budget.
     """
     profile = space.profile
-    limits: list[tuple[Callable[[Sequence[int]], float], float]] = []
-    if budget.flops_ratio is not None:
-        limits.append((profile.flops, budget.flops_ratio * profile.base_flops))
-    if budget.params_ratio is not None:
-        limits.append((profile.params, budget.params_ratio * profile.base_params))
+    limits = budget._limits(profile)
 
     def fill(counts: Sequence[int]) -> float:
         return max(metric(counts) / limit for metric, limit in limits)
 
     proposal = space.clip(proposed)
+    bounds = space.bounds
 
     def along(t: float) -> tuple[float, ...]:
         if t <= 1.0:
-            return tuple(space.min_ratio + t * (r - space.min_ratio) for r in proposal)
-        return tuple(r + (t - 1.0) * (space.max_ratio - r) for r in proposal)
+            return tuple(lo + t * (r - lo) for r, (lo, _) in zip(proposal, bounds, strict=True))
+        return tuple(r + (t - 1.0) * (hi - r) for r, (_, hi) in zip(proposal, bounds, strict=True))
 
     lowest = space.counts(along(0.0))
     if fill(lowest) > 1.0:
@@ -99,19 +114,36 @@ def repair(space: SearchSpace, proposed: Sequence[float], budget: Budget) -> Rep
                 hi = mid
     counts = list(space.counts(along(lo)))
     if lo < 2.0:
-        top = space.counts([space.max_ratio] * space.size)
+        top = space.counts([hi for _, hi in bounds])
         _fill_up(space, counts, along(hi), space.counts(along(hi)), fill)  # shape first
         _fill_up(space, counts, along(hi), top, fill)  # then whatever still fits
         if fill(counts) < 1.0 - budget.tolerance:
             counts = _swap_up(space, counts, along(hi), top, fill, 1.0 - budget.tolerance)
             _fill_up(space, counts, along(hi), top, fill)
-    channels = profile.channels
+    counts = list(space.canonical(counts))
     return Repaired(
-        ratios=tuple(n / c for n, c in zip(counts, channels, strict=True)),
+        ratios=tuple(n / c for n, c in zip(counts, space.sizes, strict=True)),
         counts=tuple(counts),
         flops=profile.flops(counts),
         params=profile.params(counts),
         fill=fill(counts),
+    )
+
+
+def unrepaired(space: SearchSpace, proposed: Sequence[float], budget: Budget) -> Repaired:
+    """The proposal as it stands (clipped, rounded), possibly over the budget.
+
+    For ``search.repair: false``: the sampler then learns the budget from the
+    FLOPs-aware objective (``fill`` > 1 is penalised) instead of having every
+    proposal moved onto it, as in AutoPruning.
+    """
+    counts = space.canonical(space.counts(space.clip(proposed)))
+    return Repaired(
+        ratios=tuple(n / c for n, c in zip(counts, space.sizes, strict=True)),
+        counts=counts,
+        flops=space.profile.flops(counts),
+        params=space.profile.params(counts),
+        fill=budget.fill(space.profile, counts),
     )
 
 
@@ -123,12 +155,12 @@ def _fill_up(
     fill: Callable[[Sequence[int]], float],
     frozen: int | None = None,
 ) -> None:
-    """Add channel steps in place, largest shortfall against ``shape`` first."""
-    channels = space.profile.channels
+    """Add steps in place, largest shortfall against ``shape`` first."""
+    sizes = space.sizes
     open_groups = {g for g in range(space.size) if counts[g] < ceiling[g] and g != frozen}
     while open_groups:
-        g = max(open_groups, key=lambda i: (shape[i] - counts[i] / channels[i], -i))
-        step = space.round_to if channels[g] > space.round_to else 1
+        g = max(open_groups, key=lambda i: (shape[i] - counts[i] / sizes[i], -i))
+        step = space.step(g)
         counts[g] += step
         if counts[g] > ceiling[g] or fill(counts) > 1.0:
             counts[g] -= step
@@ -151,11 +183,11 @@ def _swap_up(
     one step back in a group and refilling the others often gets closer.
     """
     best, best_fill = counts, fill(counts)
-    floor = space.counts([space.min_ratio] * space.size)
+    floor = space.counts([lo for lo, _ in space.bounds])
     for _ in range(3):
         improved = False
-        for g in range(space.size):
-            step = space.round_to if space.profile.channels[g] > space.round_to else 1
+        for g in space.searched:
+            step = space.step(g)
             if best[g] - step < floor[g]:
                 continue
             trial = list(best)

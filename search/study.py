@@ -8,6 +8,7 @@ short transactions; everything slow happens between them, in the worker.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -74,20 +75,52 @@ def create_study(job_id: str, url: str) -> None:
 def ask(
     job_id: str, url: str, space: SearchSpace, *, sampler: str, seed: int, n_trials: int
 ) -> Proposal:
-    """Ask the job's study for the next proposal."""
+    """Ask the job's study for the next proposal.
+
+    Only the searched variables (:attr:`SearchSpace.searched`) are sampled,
+    each named ``r<index>`` after its variable, so a study never spends its
+    model on a variable that cannot move; fixed variables get their bound.
+    The ``uniform`` sampler draws one ratio shared by all searched variables
+    (clipped into each one's bounds where triage narrowed them).
+    """
     study = optuna.load_study(
         study_name=study_name(job_id),
         storage=storage(url),
         sampler=make_sampler(sampler, seed=seed, n_trials=n_trials),
     )
-    dist = FloatDistribution(space.min_ratio, space.max_ratio)
-    if shares_one_ratio(sampler):
-        trial = study.ask({"ratio": dist})
-        ratios = (float(trial.params["ratio"]),) * space.size
+    bounds = space.bounds
+    searched = space.searched
+    ratios = [lo for lo, _ in bounds]
+    if not searched:
+        trial = study.ask()
+    elif shares_one_ratio(sampler):
+        low = min(bounds[i][0] for i in searched)
+        high = max(bounds[i][1] for i in searched)
+        trial = study.ask({"ratio": FloatDistribution(low, high)})
+        shared = float(trial.params["ratio"])
+        for i in searched:
+            ratios[i] = min(bounds[i][1], max(bounds[i][0], shared))
     else:
-        trial = study.ask({f"r{g:03d}": dist for g in range(space.size)})
-        ratios = tuple(float(trial.params[f"r{g:03d}"]) for g in range(space.size))
-    return Proposal(trial.number, ratios)
+        names = {i: f"r{i:03d}" for i in searched}
+        trial = study.ask({names[i]: FloatDistribution(*bounds[i]) for i in searched})
+        for i in searched:
+            ratios[i] = float(trial.params[names[i]])
+    return Proposal(trial.number, tuple(ratios))
+
+
+def enqueue_trials(
+    job_id: str, url: str, space: SearchSpace, vectors: Sequence[Sequence[float]]
+) -> None:
+    """Make ``vectors`` the study's next proposals (ALDS allocation, triage allocations).
+
+    They are clipped into the space's bounds and given under the names
+    :func:`ask` uses, so the next asks return them whatever the sampler, and
+    the sampler learns from their scores like from any trial.
+    """
+    study = optuna.load_study(study_name=study_name(job_id), storage=storage(url))
+    for vector in vectors:
+        clipped = space.clip(vector)
+        study.enqueue_trial({f"r{i:03d}": clipped[i] for i in space.searched}, skip_if_exists=True)
 
 
 def tell(job_id: str, url: str, number: int, score: float | None) -> None:

@@ -20,7 +20,7 @@ from service.db.session import migrate, session_factory, session_scope
 from service.db.spec import JobSpec
 from service.settings import Settings
 
-EXPORTED = ("result.json", "model.safetensors", "recipe.json", "model.onnx")
+EXPORTED = ("result.json", "model.safetensors", "recipe.json", "model.onnx", "sensitivity.json")
 
 
 def local_settings(out: Path, device: str) -> Settings:

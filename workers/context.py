@@ -41,6 +41,7 @@ class JobContext:
     load_s: float
     baseline_state: dict[str, torch.Tensor] | None = None
     profile: ModelProfile | None = None
+    group_bounds: tuple[tuple[float, float], ...] | None = None
 
     def take_load_time(self) -> float:
         """Seconds spent loading this context, reported once (by whoever loaded it)."""
@@ -83,7 +84,13 @@ class JobContext:
     def space(self) -> SearchSpace:
         assert self.profile is not None, "profile is written by prepare"
         s = self.spec.search
-        return SearchSpace(self.profile, min_ratio=s.min_ratio, round_to=s.round_to)
+        return SearchSpace(
+            self.profile,
+            min_ratio=s.min_ratio,
+            round_to=s.round_to,
+            operator=s.operator,
+            group_bounds=self.group_bounds,
+        )
 
     def budget(self) -> Budget:
         t = self.spec.target
@@ -106,8 +113,18 @@ def worker_name() -> str:
     return os.environ.get("PRUNESEARCH_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def job_context(job_id: str, spec: JobSpec, settings: Settings, profile: dict | None) -> JobContext:
-    """The cached context of ``job_id``, loading its dataset on first use."""
+def job_context(
+    job_id: str,
+    spec: JobSpec,
+    settings: Settings,
+    profile: dict | None,
+    triage: dict | None = None,
+) -> JobContext:
+    """The cached context of ``job_id``, loading its dataset on first use.
+
+    ``triage`` is the job's stored triage report; its ``bounds`` (when the
+    spec narrows the space) become the space's per-group ratio bounds.
+    """
     ctx = _contexts.get(job_id)
     if ctx is None:
         start = time.perf_counter()
@@ -119,6 +136,8 @@ def job_context(job_id: str, spec: JobSpec, settings: Settings, profile: dict | 
             _contexts.popitem(last=False)
     if profile is not None and ctx.profile is None:
         ctx.profile = ModelProfile.from_dict(profile)
+    if triage and triage.get("bounds") and ctx.group_bounds is None:
+        ctx.group_bounds = tuple((float(lo), float(hi)) for lo, hi in triage["bounds"])
     return ctx
 
 

@@ -2,8 +2,10 @@
 
 A pruned network is stored as two files: ``recipe.json`` (zoo name, the
 constructor's integers, the kept original channel indices per group, the
-input shape) and ``model.safetensors`` (the weights). Loading rebuilds the
-architecture from the zoo, cuts it with the recipe and loads the weights
+rank and slices of every decomposed layer, the input shape) and
+``model.safetensors`` (the weights). Loading rebuilds the architecture from
+the zoo, cuts it with the recipe, splits the decomposed layers into their
+two factors (:func:`workers.lowrank.restructure`) and loads the weights
 strictly, so a file from an untrusted party can at worst fail to load; it
 can never execute code, which ``torch.load`` of a pickled module could.
 """
@@ -24,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from workers import zoo
+from workers import lowrank, zoo
 from workers.errors import ExportError, PruneError, UnknownArchitecture
 from workers.prune import apply_kept
 
@@ -46,19 +48,28 @@ class Recipe:
         arch_kwargs: ``in_channels``, ``num_classes`` and ``input_size`` of :func:`zoo.build`.
         kept: Kept original channel indices (sorted) per group name.
         input_shape: ``(C, H, W)`` of one input image.
+        lowrank: ``{"rank": r, "slices": k}`` per decomposed layer (decomposed
+            layers only, as :func:`workers.lowrank.decompose` returns them);
+            applied after the channel cut. Empty for a pruned-only network.
     """
 
     arch: str
     arch_kwargs: Mapping[str, int]
     kept: Mapping[str, Sequence[int]] = field(default_factory=dict)
     input_shape: tuple[int, int, int] = (1, 28, 28)
+    lowrank: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise so that recipes built from lists and parsed from JSON compare equal.
         kept = {str(k): tuple(sorted(int(i) for i in v)) for k, v in self.kept.items()}
+        ranks = {
+            str(k): {"rank": int(v["rank"]), "slices": int(v["slices"])}
+            for k, v in self.lowrank.items()
+        }
         object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs))
         object.__setattr__(self, "kept", kept)
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "lowrank", ranks)
 
     @classmethod
     def for_model(
@@ -66,8 +77,11 @@ class Recipe:
         model: nn.Module,
         kept: Mapping[str, Sequence[int]],
         input_shape: tuple[int, int, int],
+        lowrank: Mapping[str, tuple[int, int]] | None = None,
     ) -> Recipe:
-        """Recipe of a zoo network pruned with ``kept`` (as returned by ``prune``)."""
+        """Recipe of a zoo network pruned with ``kept`` (as returned by ``prune``)
+        and decomposed with ``lowrank`` (``{layer: (rank, slices)}``, as returned
+        by :func:`workers.lowrank.decompose`)."""
         arch = getattr(model, "arch", None)
         kwargs = getattr(model, "arch_kwargs", None)
         if not isinstance(arch, str) or not isinstance(kwargs, dict):
@@ -77,17 +91,23 @@ class Recipe:
             arch_kwargs=dict(kwargs),
             kept=kept,
             input_shape=input_shape,
+            lowrank={
+                name: {"rank": rank, "slices": k} for name, (rank, k) in (lowrank or {}).items()
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (see :meth:`from_dict`)."""
-        return {
+        """JSON-ready dict (see :meth:`from_dict`); ``lowrank`` only where a layer is decomposed."""
+        data: dict[str, Any] = {
             "format": FORMAT,
             "arch": self.arch,
             "arch_kwargs": dict(self.arch_kwargs),
             "kept": {name: list(idxs) for name, idxs in self.kept.items()},
             "input_shape": list(self.input_shape),
         }
+        if self.lowrank:
+            data["lowrank"] = {name: dict(plan) for name, plan in self.lowrank.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -102,11 +122,16 @@ class Recipe:
             }
             shape = tuple(_as_int(v) for v in data["input_shape"])
             arch = data["arch"]
+            # Recipes written before the lowrank operator have no such field.
+            ranks = {
+                str(name): {"rank": _as_int(plan["rank"]), "slices": _as_int(plan["slices"])}
+                for name, plan in data.get("lowrank", {}).items()
+            }
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ExportError(f"malformed recipe: {exc!r}") from exc
         if not isinstance(arch, str) or len(shape) != 3:
             raise ExportError("malformed recipe: arch must be a string, input_shape (C, H, W)")
-        return cls(arch, kwargs, kept, (shape[0], shape[1], shape[2]))
+        return cls(arch, kwargs, kept, (shape[0], shape[1], shape[2]), ranks)
 
 
 def save(directory: Path, model: nn.Module, recipe: Recipe) -> None:
@@ -142,6 +167,11 @@ def load(directory: Path, device: str | torch.device = "cpu") -> nn.Module:
     model.to(dev).eval()
     try:
         apply_kept(model, recipe.kept, torch.zeros(1, *recipe.input_shape, device=dev))
+        lowrank.restructure(
+            model,
+            {name: plan["rank"] for name, plan in recipe.lowrank.items()},
+            {name: plan["slices"] for name, plan in recipe.lowrank.items()},
+        )
     except PruneError as exc:
         raise ExportError(f"{recipe_path}: {exc}") from exc
     except RuntimeError as exc:  # the input shape does not fit the network

@@ -19,6 +19,11 @@ free). Each channel count is either fixed or ``multiplier * n_g`` for one
 group ``g``: conv/linear/BN dims are mapped through the dependency graph's
 handlers, activations and pools through the autograd graph to the module
 that produced their input.
+
+The profile also lists every layer the ``lowrank`` operator may decompose
+(:class:`~search.profile.RankSlot`): its channel groups on either side, its
+kernel and the output positions seen in the same forward pass, which is all
+the cost model needs to price a decomposition exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
-from search.profile import Group, ModelProfile, Term
+from search.profile import Group, ModelProfile, RankSlot, Term
+from workers import lowrank
 from workers.errors import ProfileBuildError
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.GELU)
@@ -119,6 +125,7 @@ def build_profile(
     arch: str,
     input_shape: tuple[int, int, int],
     num_classes: int,
+    slices: int = 1,
 ) -> ModelProfile:
     """The :class:`~search.profile.ModelProfile` of an unpruned network.
 
@@ -127,6 +134,9 @@ def build_profile(
         arch: Zoo name, stored in the profile for the API.
         input_shape: ``(C, H, W)`` of one input image; costs are per image.
         num_classes: Classes of the classifier, stored in the profile.
+        slices: Input-channel slices of every decomposable conv (ALDS's
+            ``k``); a conv whose inputs it does not divide gets 1, as do
+            linear layers.
 
     Raises:
         ProfileBuildError: The network has a layer whose cost cannot be
@@ -139,10 +149,12 @@ def build_profile(
     try:
         _, groups = channel_groups(model, example)
         dims = _dimension_map(model, groups)
-        flops = _flops_terms(model, example, dims)
+        positions: dict[str, int] = defaultdict(int)
+        flops = _flops_terms(model, example, dims, positions)
     finally:
         model.train(was_training)
     params = _params_terms(model, dims)
+    ranks = _rank_slots(model, dims, positions, slices)
     return ModelProfile(
         arch=arch,
         input_shape=input_shape,
@@ -150,7 +162,50 @@ def build_profile(
         groups=tuple(Group(g.name, g.channels, g.layers) for g in groups),
         flops_terms=_merge(flops),
         params_terms=_merge(params),
+        ranks=ranks,
     )
+
+
+def _rank_slots(
+    model: nn.Module,
+    dims: dict[tuple[str, str], Factor],
+    positions: dict[str, int],
+    slices: int,
+) -> tuple[RankSlot, ...]:
+    """One :class:`RankSlot` per decomposable layer, in ``named_modules`` order."""
+    if slices < 1:
+        raise ProfileBuildError(f"slices must be at least 1, got {slices}")
+    found = []
+    for name in lowrank.decomposable(model):
+        module = model.get_submodule(name)
+        assert isinstance(module, nn.Conv2d | nn.Linear)
+        (in_group, in_mult), (out_group, out_mult), kernel = _weight_factors(dims, name, module)
+        if out_group is not None and out_mult != 1:
+            raise ProfileBuildError(f"{name}: output features are not one per channel")
+        c_in, c_out = (
+            (module.in_features, module.out_features)
+            if isinstance(module, nn.Linear)
+            else (module.in_channels, module.out_channels)
+        )
+        # Slices split conv inputs only, and only where they divide them and leave a rank.
+        k = slices if isinstance(module, nn.Conv2d) and c_in % slices == 0 else 1
+        k = k if lowrank.full_rank(module, k) >= 2 else 1
+        found.append(
+            RankSlot(
+                name=name,
+                in_channels=c_in,
+                out_channels=c_out,
+                full_rank=lowrank.full_rank(module, k),
+                in_group=in_group,
+                out_group=out_group,
+                in_per_channel=in_mult if in_group is not None else 1,
+                kernel=kernel,
+                positions=positions.get(name, 0),
+                slices=k,
+                bias=module.bias is not None,
+            )
+        )
+    return tuple(found)
 
 
 def _dimension_map(model: nn.Module, groups: list[ChannelGroup]) -> dict[tuple[str, str], Factor]:
@@ -224,9 +279,16 @@ def _term(coef: float, *factors: Factor) -> Term:
 
 
 def _flops_terms(
-    model: nn.Module, example: Tensor, dims: dict[tuple[str, str], Factor]
+    model: nn.Module,
+    example: Tensor,
+    dims: dict[tuple[str, str], Factor],
+    positions: dict[str, int],
 ) -> list[Term]:
-    """Run one forward pass with hooks and emit one or two terms per module call."""
+    """Run one forward pass with hooks and emit one or two terms per module call.
+
+    ``positions`` receives, per conv/linear layer, its output positions summed
+    over its calls (what a decomposition's cost scales with).
+    """
     terms: list[Term] = []
     producers: dict[Any, Factor] = {}
     handles = []
@@ -245,6 +307,7 @@ def _flops_terms(
         if isinstance(module, nn.Conv2d):
             c_in, c_out, kernel = _weight_factors(dims, name, module)
             spatial = int(output.shape[2] * output.shape[3])
+            positions[name] += spatial
             terms.append(_term(kernel * spatial, c_in, c_out))
             if module.bias is not None:
                 terms.append(_term(spatial, c_out))
@@ -252,6 +315,7 @@ def _flops_terms(
         elif isinstance(module, nn.Linear):
             c_in, c_out, _ = _weight_factors(dims, name, module)
             rows = int(x.numel() // x.shape[-1])
+            positions[name] += rows
             terms.append(_term(rows, c_in, c_out))
             if module.bias is not None:
                 terms.append(_term(1, c_out))

@@ -25,12 +25,17 @@ from typing import Any
 import torch
 
 from search import (
+    InfeasibleBudget,
     Point,
+    alds_allocate,
     candidate_key,
     create_study,
+    enqueue_trials,
     flops_aware_score,
     pareto_front,
     repair,
+    shares_one_ratio,
+    unrepaired,
 )
 from search import ask as ask_study
 from search import tell as tell_study
@@ -40,7 +45,7 @@ from service.db.session import session_factory, session_scope
 from service.db.spec import JobSpec
 from service.errors import InvalidTransition
 from service.settings import Settings
-from workers import export, measure, prune, train
+from workers import candidate, export, lowrank, measure, train, triage_report
 from workers.context import JobContext, forget, job_context, worker_name
 from workers.profiling import build_profile
 
@@ -57,7 +62,8 @@ def _load(job_id: str, settings: Settings) -> tuple[JobStatus, JobContext]:
     with _session(settings) as s:
         job = repo.get_job(s, job_id)
         status, spec, profile = job.status, JobSpec.model_validate(job.spec), job.profile
-    return status, job_context(job_id, spec, settings, profile)
+        report = job.triage
+    return status, job_context(job_id, spec, settings, profile, report)
 
 
 def _fail(job_id: str, settings: Settings, stage: str, exc: BaseException) -> None:
@@ -73,22 +79,6 @@ def _now() -> str:
 
 def _accuracy(ctx: JobContext, model: torch.nn.Module, split: str) -> float:
     return train.evaluate(model, getattr(ctx.data, split), batch_size=512, device=ctx.device)
-
-
-def _fit(ctx: JobContext, model: torch.nn.Module, *, epochs: float = 0.0, steps: int = 0) -> None:
-    t = ctx.spec.train
-    train.fit(
-        model,
-        ctx.data.train,
-        epochs=epochs or None,
-        steps=steps or None,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        batch_size=t.batch_size,
-        device=ctx.device,
-        seed=ctx.spec.seed,
-        augment=True,
-    )
 
 
 def _costs(ctx: JobContext, model: torch.nn.Module) -> dict[str, float]:
@@ -125,13 +115,14 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         torch.manual_seed(spec.seed)
         model = ctx.fresh_model()
         if spec.model.pretrain_epochs > 0:
-            _fit(ctx, model, epochs=spec.model.pretrain_epochs)
+            candidate.fit(ctx, model, epochs=spec.model.pretrain_epochs)
         ctx.save_baseline(model)
         profile = build_profile(
             model.cpu(),
             arch=spec.model.arch,
             input_shape=ctx.input_shape,
             num_classes=ctx.data.num_classes,
+            slices=spec.search.lowrank_slices,
         )
         model.to(ctx.device)
         ctx.profile = profile
@@ -148,18 +139,56 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
             "profile_flops": profile.base_flops,
             "profile_params": profile.base_params,
         }
+        report = _triage(ctx) if spec.triage.enabled else None
         create_study(job_id, settings.optuna_url)
+        seeds = _seeds(ctx, model, report)
+        if seeds and not shares_one_ratio(spec.search.sampler):
+            enqueue_trials(job_id, settings.optuna_url, ctx.space(), seeds)
         with _session(settings) as s:
             repo.update_job(
                 s,
                 job_id,
                 profile=profile.to_dict(),
                 baseline=baseline,
+                triage=report,
                 timings={"prepare_s": time.perf_counter() - start, "search_started": _now()},
             )
             repo.transition(s, job_id, JobStatus.searching, allowed_from={JobStatus.preparing})
     except Exception as exc:
         _fail(job_id, settings, "prepare", exc)
+
+
+def _triage(ctx: JobContext) -> dict[str, Any]:
+    """Run the triage report, narrow the space by it, and write ``sensitivity.json``."""
+    report = triage_report.run(ctx)
+    if report["bounds"] is not None:
+        ctx.group_bounds = tuple((lo, hi) for lo, hi in report["bounds"])
+        try:
+            repair(ctx.space(), [1.0] * ctx.space().size, ctx.budget())
+        except InfeasibleBudget:  # the narrowed floors leave no room: search unnarrowed
+            report["bounds"], ctx.group_bounds = None, None
+            report["narrowing"] = "dropped: the critical floors do not fit the budget"
+    (ctx.job_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _seeds(
+    ctx: JobContext, model: torch.nn.Module, report: dict[str, Any] | None
+) -> list[tuple[float, ...]]:
+    """First trials: the ALDS allocation (low-rank operators) and the triage allocations.
+
+    Seeds are full ratio vectors (every group, then every rank slot); the
+    trial repairs them to the budget like any proposal.
+    """
+    space, seeds = ctx.space(), []
+    ranks = (1.0,) * (space.size - len(space.profile.groups))
+    if ctx.spec.search.operator != "prune":
+        errors = lowrank.error_table(model.cpu(), space.profile)
+        seeds.append(alds_allocate(space, errors, ctx.budget()))
+        model.to(ctx.device)
+    if report is not None and ctx.spec.search.operator != "lowrank":
+        seeds += [tuple(v) + ranks for v in report["seeds"]]
+    return seeds
 
 
 def trial(job_id: str, settings: Settings | None = None) -> None:
@@ -183,7 +212,8 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
         seed=spec.seed,
         n_trials=spec.search.n_trials,
     )
-    fixed = repair(space, proposal.ratios, ctx.budget())
+    fix = repair if spec.search.repair else unrepaired
+    fixed = fix(space, proposal.ratios, ctx.budget())
     key = candidate_key(fixed.counts)
     timings["ask_s"] = time.perf_counter() - tick
 
@@ -217,7 +247,7 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
     else:
         try:
             accuracy = _score(ctx, list(fixed.counts), timings)
-            score = flops_aware_score(accuracy, fixed.fill)
+            score = flops_aware_score(accuracy, fixed.fill, spec.search.flops_lambda)
             outcome = {"status": CandidateStatus.complete, "score": score, "accuracy": accuracy}
         except Exception as exc:
             log.exception("trial %s of job %s failed", proposal.number, job_id)
@@ -232,20 +262,20 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
         repo.finish_candidate(s, cand_id, timings=timings, finished_at=datetime.now(UTC), **outcome)
 
 
-def _score(ctx: JobContext, counts: list[int], timings: dict[str, float]) -> float:
-    """Prune the baseline to ``counts`` and return its proxy validation accuracy."""
-    tick = time.perf_counter()
-    model = ctx.baseline()
-    prune.prune(
-        model, counts, example_inputs=ctx.example_inputs(), criterion=ctx.spec.search.criterion
-    )
-    timings["prune_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
+def _score(ctx: JobContext, values: list[int], timings: dict[str, Any]) -> float:
+    """Build the candidate (prune, ..., short fine-tune) and return its proxy val accuracy."""
     scoring = ctx.spec.scoring
-    if scoring.mode == "finetune":
-        _fit(ctx, model, steps=scoring.finetune_steps)
+    steps = scoring.finetune_steps if scoring.mode == "finetune" else 0
+    built = candidate.build(ctx, values, steps=steps, distill=scoring.distill)
+    timings.update(built.timings)
+    timings.update({k: v for k, v in built.notes.items() if isinstance(v, int | float)})
+    if "reconstruct" in built.notes:
+        fits = built.notes["reconstruct"]
+        timings["reconstruct_error_before"] = sum(f["error_before"] for f in fits) / len(fits)
+        timings["reconstruct_error_after"] = sum(f["error_after"] for f in fits) / len(fits)
+    tick = time.perf_counter()
     train.adaptive_bn(
-        model,
+        built.model,
         ctx.data.train,
         calib_batches=scoring.calib_batches,
         batch_size=ctx.spec.train.batch_size,
@@ -254,9 +284,10 @@ def _score(ctx: JobContext, counts: list[int], timings: dict[str, float]) -> flo
     )
     timings["calib_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    accuracy = _accuracy(ctx, model, "val")
+    accuracy = _accuracy(ctx, built.model, "val")
     timings["eval_s"] = time.perf_counter() - tick
-    del model
+    del built
+    candidate.release()
     return accuracy
 
 
@@ -283,10 +314,22 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
     with _session(settings) as s:
         job = repo.get_job(s, job_id)
         baseline, timings = dict(job.baseline or {}), dict(job.timings or {})
-        best = repo.best_candidate(s, job_id)
-        if best is None:
-            raise RuntimeError("no candidate completed; nothing to fine-tune")
         scored = repo.list_candidates(s, job_id, limit=100_000, offset=0)
+        best = repo.best_candidate(s, job_id)
+        if not ctx.spec.search.repair:  # candidates may be over budget: choose within it
+            budget, profile = ctx.budget(), ctx.space().profile
+            best = max(
+                (
+                    c
+                    for c in scored
+                    if c.status == CandidateStatus.complete
+                    and budget.fill(profile, c.counts) <= 1.0
+                ),
+                key=lambda c: c.score or 0.0,
+                default=None,
+            )
+        if best is None:
+            raise RuntimeError("no candidate completed within the budget; nothing to fine-tune")
         points = [
             Point(c.id, c.accuracy, c.flops)
             for c in scored
@@ -316,15 +359,10 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
     )
 
     spec = ctx.spec
-    model = ctx.baseline()
-    kept = prune.prune(
-        model,
-        chosen["counts"],
-        example_inputs=ctx.example_inputs(),
-        criterion=spec.search.criterion,
+    built = candidate.build(
+        ctx, chosen["counts"], epochs=spec.final.finetune_epochs, distill=spec.final.distill
     )
-    if spec.final.finetune_epochs > 0:
-        _fit(ctx, model, epochs=spec.final.finetune_epochs)
+    model = built.model
     out = ctx.job_dir
     recipe = export.Recipe(
         arch=spec.model.arch,
@@ -333,8 +371,9 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
             "num_classes": ctx.data.num_classes,
             "input_size": ctx.data.size,
         },
-        kept=kept,
+        kept=built.kept,
         input_shape=ctx.input_shape,
+        lowrank=built.lowrank,
     )
     export.save(out, model, recipe)
     onnx_path = export.export_onnx(out, model, ctx.input_shape)
@@ -346,6 +385,12 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         **_costs(ctx, exported),
         **chosen,
         "criterion": spec.search.criterion,
+        "masking": spec.search.masking,
+        "operator": spec.search.operator,
+        "distill": spec.final.distill,
+        "lowrank": built.lowrank,
+        "notes": built.notes,
+        "build_timings": built.timings,
     }
     # Latency is compared side by side, in this process, alternating the two
     # networks; the prepare-time figure of the baseline came from another moment.
@@ -369,4 +414,5 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
     with _session(settings) as s:
         repo.update_job(s, job_id, result=result, timings=timings)
         repo.transition(s, job_id, JobStatus.done, allowed_from={JobStatus.finalizing})
-    del model, exported
+    del model, exported, built
+    candidate.release()

@@ -1,4 +1,7 @@
-"""Export round trip: safetensors + JSON recipe, no pickle, tampering detected."""
+"""Export round trip: safetensors + JSON recipe, no pickle, tampering detected.
+
+Pruned and low-rank decomposed networks alike.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers import export, zoo
+from workers import export, lowrank, zoo
 from workers.errors import ExportError
 from workers.export import Recipe
 from workers.profiling import channel_groups
@@ -61,6 +64,7 @@ def test_recipe_json(tmp_path: Path) -> None:
     assert data["arch"] == "lenet5"
     assert data["arch_kwargs"] == {"in_channels": 1, "num_classes": 10, "input_size": 28}
     assert data["input_shape"] == [1, 28, 28]
+    assert "lowrank" not in data  # pruned-only recipes read as before the operator existed
     assert Recipe.from_dict(data) == recipe
 
 
@@ -106,3 +110,45 @@ def test_onnx_is_optional(tmp_path: Path) -> None:
     model, _ = _pruned("lenet5")
     path = export.export_onnx(tmp_path, model, SHAPE)
     assert path is None or path.is_file()
+
+
+def _decomposed() -> tuple[torch.nn.Module, Recipe]:
+    model, recipe = _pruned("resnet20")
+    ranks = {"conv1": 2, "layer1.0.conv1": 2, "layer2.0.downsample.0": 3, "layer3.2.conv2": 60}
+    plans = lowrank.decompose(model, ranks, {"layer1.0.conv1": 2})
+    assert set(plans) == {"conv1", "layer1.0.conv1", "layer2.0.downsample.0"}
+    return model, Recipe.for_model(model, recipe.kept, SHAPE, plans)
+
+
+def test_pruned_and_decomposed_round_trip(tmp_path: Path) -> None:
+    model, recipe = _decomposed()
+    export.save(tmp_path, model, recipe)
+    data = json.loads((tmp_path / "recipe.json").read_text())
+    assert data["lowrank"]["layer1.0.conv1"] == {"rank": 2, "slices": 2}
+    assert Recipe.from_dict(data) == recipe
+    loaded = export.load(tmp_path)
+    assert isinstance(loaded.get_submodule("layer1.0.conv1"), torch.nn.Sequential)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    onnx = export.export_onnx(tmp_path, loaded, SHAPE)
+    assert onnx is not None and onnx.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["lowrank"].update({"layer3.2.conv2": {"rank": 63, "slices": 1}}),
+        lambda d: d["lowrank"].update({"layer1.0.conv1": {"rank": 3, "slices": 2}}),
+        lambda d: d["lowrank"].update({"layer1.0.conv1": {"rank": 2, "slices": 1}}),
+        lambda d: d["lowrank"].update({"bn1": {"rank": 2, "slices": 1}}),
+        lambda d: d["lowrank"].update({"conv1": {"rank": 2.0, "slices": 1}}),
+        lambda d: d["lowrank"].update({"conv1": {"rank": 2}}),
+    ],
+)
+def test_tampered_lowrank_recipe_raises(tmp_path: Path, edit: object) -> None:
+    model, recipe = _decomposed()
+    export.save(tmp_path, model, recipe)
+    _tamper(tmp_path, edit)
+    with pytest.raises(ExportError):
+        export.load(tmp_path)

@@ -1,4 +1,4 @@
-"""The ModelProfile's polynomials equal torch-pruning's count of the pruned network.
+"""The ModelProfile's costs equal torch-pruning's count of the pruned (and decomposed) network.
 
 This is the contract that lets the search side repair candidates to a budget
 without building them: if the profile and the measured network disagree, the
@@ -13,7 +13,8 @@ import torch
 import torch_pruning as tp
 
 from search.profile import ModelProfile, kept_channels
-from workers import zoo
+from search.space import SearchSpace
+from workers import lowrank, zoo
 from workers.profiling import build_profile, channel_groups
 from workers.prune import prune
 
@@ -96,3 +97,70 @@ def test_three_channel_input_matches() -> None:
     flops, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *shape))
     assert profile.flops(counts) == flops
     assert profile.params(counts) == params
+
+
+def _pruned_and_decomposed(
+    arch: str, profile: ModelProfile, values: tuple[int, ...]
+) -> torch.nn.Module:
+    """The network ``values`` describes: channels pruned first, then layers decomposed."""
+    space = SearchSpace(profile, operator="mixed")
+    counts, ranks = space.split(values)
+    model = _fresh(arch)
+    if counts != profile.channels:
+        prune(model, counts, example_inputs=torch.zeros(1, *SHAPE))
+    plans = lowrank.decompose(model, ranks, {s.name: s.slices for s in profile.ranks})
+    assert plans == profile.decomposition(values)
+    return model
+
+
+def test_rank_slots_are_the_decomposable_layers(arch_profile: tuple[str, ModelProfile]) -> None:
+    arch, profile = arch_profile
+    model = _fresh(arch)
+    assert [s.name for s in profile.ranks] == lowrank.decomposable(model)
+    for slot in profile.ranks:
+        assert slot.full_rank == lowrank.full_rank(model.get_submodule(slot.name))
+
+
+def test_pruned_and_decomposed_networks_match(arch_profile: tuple[str, ModelProfile]) -> None:
+    arch, profile = arch_profile
+    space = SearchSpace(profile, min_ratio=0.05, operator="mixed")
+    rng = np.random.default_rng(99)
+    n = len(profile.groups)
+    decomposed = 0
+    # Full width once, then pruned: every network costs one dependency graph on resnet56.
+    for trial in range(2 if arch == "resnet56" else 4):
+        ratios = rng.uniform(0.05, 1.0, size=space.size)
+        if trial == 0:
+            ratios[:n] = 1.0
+        values = space.counts(ratios.tolist())
+        model = _pruned_and_decomposed(arch, profile, values)
+        decomposed += len(profile.decomposition(values))
+        flops, params = _measure(model)
+        assert profile.flops(values) == flops, values
+        assert profile.params(values) == params, values
+    assert decomposed >= 2
+
+
+@pytest.mark.parametrize(("arch", "slices"), [("lenet5", 2), ("resnet20", 4)])
+def test_sliced_decompositions_match(arch: str, slices: int) -> None:
+    model = _fresh(arch)
+    profile = build_profile(model, arch=arch, input_shape=SHAPE, num_classes=10, slices=slices)
+    assert any(s.slices == slices for s in profile.ranks)
+    space = SearchSpace(profile, min_ratio=0.05, operator="mixed")
+    rng = np.random.default_rng(7)
+    n = len(profile.groups)
+    built: set[int] = set()
+    for trial in range(3):
+        values = space.counts(rng.uniform(0.05, 0.5, size=space.size).tolist())
+        if trial == 0:  # full width: the slices divide every input
+            values = profile.channels + values[n:]
+        elif trial == 1:  # odd widths: no slices divide them
+            values = tuple(c - 1 + c % 2 for c in profile.channels) + values[n:]
+        model = _pruned_and_decomposed(arch, profile, values)
+        plans = profile.decomposition(values)
+        built |= {plans[s.name][1] for s in profile.ranks if s.slices > 1 and s.name in plans}
+        flops, params = _measure(model)
+        assert profile.flops(values) == flops, values
+        assert profile.params(values) == params, values
+    # Sliced layers were built, and pruned inputs that slices do not divide fell back to one.
+    assert built == {1, slices}
