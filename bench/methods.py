@@ -75,6 +75,7 @@ class Config:
     block_steps: int
     archs: tuple[str, ...] = ("resnet20", "vgg11s")
     targets: tuple[float, ...] = (0.5, 0.25)
+    mask_every: int = 25
     batch_size: int = 128
     lr: float = 0.05
     seed: int = 0
@@ -83,12 +84,12 @@ class Config:
 QUICK = Config(
     subset=12_000,
     pretrain_epochs=3,
-    finetune_steps=60,
-    long_steps=200,
-    test_images=2048,
-    calib_batches=8,
+    finetune_steps=40,
+    long_steps=150,
+    test_images=1024,
+    calib_batches=5,
     criterion_batches=4,
-    block_steps=60,
+    block_steps=30,
 )
 FULL = Config(
     subset=54_000,
@@ -283,7 +284,7 @@ def masks_exp(b: Bench) -> dict[str, Any]:
             def select(m: nn.Module = model, g: Any = groups) -> dict[str, list[int]]:
                 return criteria.select(m, g, counts, crit)
 
-            with DynamicMasks(model, groups, counts, select, every=25) as masks:
+            with DynamicMasks(model, groups, counts, select, every=b.cfg.mask_every) as masks:
                 b.fit(model, steps=b.cfg.long_steps, on_step=masks.on_step)
             swaps = masks.swaps
             prune.apply_kept(model, masks.kept, b.example)
@@ -302,7 +303,7 @@ def masks_exp(b: Bench) -> dict[str, Any]:
 def masks_table(r: dict[str, Any], cfg: Config) -> str:
     return _table(
         f"2. Dynamic vs static masks ({r['arch']}, {r['target']} FLOPs, {r['criterion']}, "
-        f"{cfg.long_steps} steps, masks recomputed every 25)",
+        f"{cfg.long_steps} steps, masks recomputed every {cfg.mask_every})",
         ["masking", "test acc %", "channels swapped back in", "seconds"],
         [[x["masking"], _pct(x["accuracy"]), x["swaps"], f"{x['seconds']:.0f}"] for x in r["rows"]],
     )

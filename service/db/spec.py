@@ -106,6 +106,11 @@ class SearchSpec(_Strict):
             raise ValueError("push_steps needs criterion discriminant")
         if self.masking == "dynamic" and self.operator != "prune":
             raise ValueError("masking dynamic works with operator prune only")
+        if self.masking == "dynamic" and self.reconstruct:
+            raise ValueError(
+                "reconstruct works with masking static only (dynamic masks prune "
+                "after the fine-tune, when there is nothing left to reconstruct)"
+            )
         return self
 
 

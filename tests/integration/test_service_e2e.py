@@ -133,3 +133,41 @@ def test_submit_wait_with_two_workers(tmp_path: Path, stack: Stack) -> None:
     assert weights.status_code == 200 and len(weights.content) > 1000
     job_dir = Path(env["PRUNESEARCH_HOME"]) / "artifacts" / job_id
     assert export.load(job_dir) is not None
+
+
+def test_methods_job_through_the_service(stack: Stack) -> None:
+    """Criterion, reconstruction, low-rank, distillation and triage through real workers."""
+    url, env, _, workers, log_dir = stack
+    spec = tiny_spec("e2e-methods", n_trials=4).model_dump(mode="json")
+    spec["search"].update(
+        {
+            "criterion": "similarity",
+            "fold": True,
+            "criterion_batches": 2,
+            "operator": "mixed",
+            "reconstruct": True,
+        }
+    )
+    spec["scoring"].update({"mode": "finetune", "finetune_steps": 3, "distill": True})
+    spec["final"]["distill"] = True
+    spec["triage"] = {"enabled": True, "seed_trials": 1}
+    response = httpx.post(f"{url}/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+
+    deadline = time.monotonic() + 300
+    while (job := httpx.get(f"{url}/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+            logs = "\n".join(p.read_text() for p in log_dir.glob("*.log"))
+            pytest.fail(f"job {job['status']} after 300 s or a worker died:\n{logs}")
+        time.sleep(0.5)
+    assert job["status"] == "done", job["error"]
+
+    report = httpx.get(f"{url}/v1/jobs/{job_id}/sensitivity").json()
+    assert report["curves"] and all(len(c) == 9 for c in report["curves"].values())
+    best = httpx.get(f"{url}/v1/jobs/{job_id}/result").json()["best"]
+    assert (best["criterion"], best["operator"], best["distill"]) == ("similarity", "mixed", True)
+    assert best["notes"]["reconstruct"]
+    sensitivity = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts/sensitivity.json")
+    assert sensitivity.status_code == 200 and sensitivity.json() == report
+    assert export.load(Path(env["PRUNESEARCH_HOME"]) / "artifacts" / job_id) is not None

@@ -150,6 +150,16 @@ BAD_BODIES = [
     ("fold without similarity", _with("search.fold", True), "search"),
     ("push without discriminant", _with("search.push_steps", 10), "search"),
     ("bad masking", _with("search.masking", "sometimes"), "masking"),
+    (
+        "dynamic with reconstruct",
+        _with("search", {"masking": "dynamic", "reconstruct": True}),
+        "search",
+    ),
+    (
+        "dynamic with lowrank",
+        _with("search", {"masking": "dynamic", "operator": "lowrank"}),
+        "search",
+    ),
     ("bad operator", _with("search.operator", "quantize"), "operator"),
     ("lowrank_slices 0", _with("search.lowrank_slices", 0), "lowrank_slices"),
     ("distill temperature 0", _with("distillation", {"temperature": 0}), "temperature"),
