@@ -19,6 +19,7 @@ from torch import nn
 from search import triage as narrowing
 from workers import train
 from workers.context import JobContext
+from workers.criteria import DATA_CRITERIA
 from workers.distill import distill_loss
 from workers.triage import block_criticality, blocks, sensitivity_curves, triage_findings
 
@@ -53,9 +54,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
         ctx.baseline,
         ctx.example_inputs(),
         score,
-        criterion="l1"
-        if spec.search.criterion in ("similarity", "taylor", "discriminant")
-        else spec.search.criterion,
+        ratios=t.ratios,
+        # The job's criterion where it needs no data; l1 for the data criteria,
+        # which would otherwise be paid once per point (12 groups x 9 ratios).
+        criterion="l1" if spec.search.criterion in DATA_CRITERIA else spec.search.criterion,
         round_to=spec.search.round_to,
     )
     timings["curves_s"] = time.perf_counter() - tick

@@ -147,6 +147,12 @@ class TriageSpec(_Strict):
     """Deep Net Triage report; ``triage: true`` is shorthand for ``{enabled: true}``."""
 
     enabled: bool = False
+    ratios: tuple[Ratio, ...] = Field(
+        default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        min_length=1,
+        max_length=19,
+        description="Keep ratios of the sensitivity curves.",
+    )
     blocks: bool = Field(default=True, description="Also collapse each block (costs fine-tunes).")
     block_steps: int = Field(default=100, ge=1, le=100_000)
     narrow: bool = Field(default=True, description="Narrow ratio bounds from the curves.")

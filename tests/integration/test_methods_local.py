@@ -109,7 +109,11 @@ def test_lowrank_operators_export_decomposed_networks(tmp_path: Path, operator: 
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert recipe["lowrank"] == best["lowrank"]
     model = export.load(tmp_path)  # restructured from the recipe, no pickle
-    assert any(name.endswith(".0") for name, _ in model.named_modules() if "conv" in name)
+    modules = dict(model.named_modules())
+    for name, plan in best["lowrank"].items():  # each decomposed layer is now two convs
+        first, second = modules[name]
+        width = plan["rank"] * plan["slices"]
+        assert first.weight.shape[0] == width == second.weight.shape[1]
     assert best["flops"] <= 0.5 * result["baseline"]["flops"] * 1.01
     # The first trial is the ALDS allocation the study was seeded with.
     assert cands[0].trial_number == 0 and cands[0].status == CandidateStatus.complete
@@ -119,16 +123,20 @@ def test_triage_report_is_stored_written_and_narrows_the_space(tmp_path: Path) -
     spec = _spec(
         "triage",
         n_trials=3,
-        model={"arch": "resnet20", "pretrain_epochs": 1},
-        triage={"enabled": True, "block_steps": 2, "seed_trials": 1},
+        model={"arch": "vgg11s", "pretrain_epochs": 1},
+        triage={"enabled": True, "ratios": [0.3, 0.7], "block_steps": 2, "seed_trials": 1},
         final={"finetune_epochs": 0.05},
     )
     job, cands, _ = _run(spec, tmp_path)
     report = json.loads((tmp_path / "sensitivity.json").read_text())
     with session_scope(session_factory(local_settings(tmp_path, "cpu").database_url)) as s:
         assert repo.get_job(s, job["id"]).triage == report
-    assert len(report["curves"]) == 12 and all(len(c) == 9 for c in report["curves"].values())
-    assert len(report["blocks"]) == 9
+    assert len(report["curves"]) == 8 and all(len(c) == 2 for c in report["curves"].values())
+    assert [b["block"] for b in report["blocks"]] == [
+        "features.8-13",
+        "features.15-20",
+        "features.22-27",
+    ]
     assert set(report["findings"]) >= {"block_independence", "finetune_recovers"}
     if report["bounds"] is not None:
         for c in cands:

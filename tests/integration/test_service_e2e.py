@@ -150,7 +150,7 @@ def test_methods_job_through_the_service(stack: Stack) -> None:
     )
     spec["scoring"].update({"mode": "finetune", "finetune_steps": 3, "distill": True})
     spec["final"]["distill"] = True
-    spec["triage"] = {"enabled": True, "seed_trials": 1}
+    spec["triage"] = {"enabled": True, "ratios": [0.2, 0.5, 0.8], "seed_trials": 1}
     response = httpx.post(f"{url}/v1/jobs", json=spec)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
@@ -164,7 +164,7 @@ def test_methods_job_through_the_service(stack: Stack) -> None:
     assert job["status"] == "done", job["error"]
 
     report = httpx.get(f"{url}/v1/jobs/{job_id}/sensitivity").json()
-    assert report["curves"] and all(len(c) == 9 for c in report["curves"].values())
+    assert report["curves"] and all(len(c) == 3 for c in report["curves"].values())
     best = httpx.get(f"{url}/v1/jobs/{job_id}/result").json()["best"]
     assert (best["criterion"], best["operator"], best["distill"]) == ("similarity", "mixed", True)
     assert best["notes"]["reconstruct"]
