@@ -169,6 +169,19 @@ class Bench:
             on_step=on_step,
         )
 
+    def fit_curve(
+        self, model: nn.Module, steps: int, marks: set[int], loss_fn: train.LossFn | None = None
+    ) -> list[tuple[int, float]]:
+        """Fine-tune for ``steps`` and return the test accuracy at ``marks`` and at the end."""
+        curve: list[tuple[int, float]] = []
+
+        def on_step(step: int, _loss: float) -> None:
+            if step in marks and step < steps:
+                curve.append((step, self.test(model)))
+
+        self.fit(model, steps=steps, loss_fn=loss_fn, on_step=on_step)
+        return [*curve, (steps, self.test(model))]
+
     def test(self, model: nn.Module) -> float:
         limit = -(-self.cfg.test_images // 512)
         return train.evaluate(
@@ -315,20 +328,13 @@ def masks_table(r: dict[str, Any], cfg: Config) -> str:
 def distill_exp(b: Bench) -> dict[str, Any]:
     arch, target = "resnet20", b.cfg.targets[-1]
     counts = b.uniform_counts(arch, target)
-    marks = sorted({max(1, b.cfg.long_steps * k // 8) for k in (1, 2, 4, 8)})
+    marks = {max(1, b.cfg.long_steps * k // 8) for k in (1, 2, 4)}
     rows = []
     for distill in (False, True):
         model = b.baseline(arch)
         prune.prune(model, counts, example_inputs=b.example, criterion="l1")
-        curve: list[tuple[int, float]] = []
-
-        def on_step(step: int, _loss: float, m: nn.Module = model, c: list = curve) -> None:
-            if step in marks:
-                c.append((step, b.test(m)))
-                m.train()
-
         loss_fn = distill_loss(b.baseline(arch)) if distill else None
-        b.fit(model, steps=b.cfg.long_steps, loss_fn=loss_fn, on_step=on_step)
+        curve = b.fit_curve(model, b.cfg.long_steps, marks, loss_fn)
         rows.append({"distill": distill, "curve": curve})
         print(f"  distill {rows[-1]}", flush=True)
     return {"arch": arch, "target": target, "parent": b.test(b.baseline(arch)), "rows": rows}
@@ -489,18 +495,8 @@ def triage_exp(b: Bench) -> dict[str, Any]:
     def finetune(
         model: nn.Module, steps: int, teacher: nn.Module | None
     ) -> list[tuple[int, float]]:
-        marks = {max(1, steps // 4), steps // 2}
-        points: list[tuple[int, float]] = []
-
-        def on_step(step: int, _loss: float) -> None:
-            if step in marks and step < steps:
-                points.append((step, b.test(model)))
-                model.train()
-
-        b.fit(
-            model, steps=steps, loss_fn=distill_loss(teacher) if teacher else None, on_step=on_step
-        )
-        return [*points, (steps, b.test(model))]
+        loss_fn = distill_loss(teacher) if teacher else None
+        return b.fit_curve(model, steps, {max(1, steps // 4), steps // 2}, loss_fn)
 
     tick = time.perf_counter()
     reports = block_criticality(

@@ -407,7 +407,9 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         "best": final,
         "pareto": front,
         "timings": {k: timings[k] for k in ("prepare_s", "search_s", "finalize_s")},
-        "artifacts": ["model.safetensors", "recipe.json"] + (["model.onnx"] if onnx_path else []),
+        "artifacts": ["model.safetensors", "recipe.json"]
+        + (["model.onnx"] if onnx_path else [])
+        + (["sensitivity.json"] if (out / "sensitivity.json").is_file() else []),
         "spec": spec.model_dump(mode="json"),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
