@@ -18,10 +18,17 @@ from torch import nn
 
 from search import triage as narrowing
 from workers import train
+from workers.candidate import fit
 from workers.context import JobContext
 from workers.criteria import DATA_CRITERIA
 from workers.distill import distill_loss
-from workers.triage import block_criticality, blocks, sensitivity_curves, triage_findings
+from workers.triage import (
+    Finetune,
+    block_criticality,
+    blocks,
+    sensitivity_curves,
+    triage_findings,
+)
 
 CHECKPOINTS = 4  # accuracy checkpoints per block fine-tune (convergence, then the end)
 
@@ -69,7 +76,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         found = block_criticality(
             ctx.baseline,
             score,
-            _finetune(ctx, t.block_steps),
+            _finetune(ctx),
             steps=t.block_steps,
             teacher_factory=ctx.baseline,
             seed=spec.seed,
@@ -100,49 +107,30 @@ def run(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _finetune(ctx: JobContext, steps: int) -> Any:
-    """The block fine-tune: the job's recipe, validation accuracy at a few checkpoints."""
-    spec, tr = ctx.spec, ctx.spec.train
-    marks = sorted({max(1, round(steps * (i + 1) / CHECKPOINTS)) for i in range(CHECKPOINTS)})
+def _finetune(ctx: JobContext) -> Finetune:
+    """The block fine-tune: the job's recipe, validation accuracy at a few checkpoints.
+
+    One run with checkpoints rather than one run per segment: segments would
+    restart the warm-up and cosine schedule each time.
+    """
+    d = ctx.spec.distillation
 
     def finetune(model: nn.Module, n: int, teacher: nn.Module | None) -> list[tuple[int, float]]:
-        loss_fn = (
-            distill_loss(
-                teacher,
-                temperature=spec.distillation.temperature,
-                weight=spec.distillation.weight,
-            )
-            if teacher is not None
-            else None
-        )
-        # One run with checkpoints, not one run per segment: segments would
-        # restart the warm-up and cosine schedule each time.
+        marks = {max(1, round(n * (i + 1) / CHECKPOINTS)) for i in range(CHECKPOINTS)}
         points: list[tuple[int, float]] = []
 
         def on_step(step: int, _loss: float) -> None:
             if step in marks and step < n:
                 points.append((step, _val(ctx, model)))
 
-        train.fit(
-            model,
-            ctx.data.train,
-            steps=n,
-            lr=tr.lr,
-            weight_decay=tr.weight_decay,
-            batch_size=tr.batch_size,
-            device=ctx.device,
-            seed=spec.seed,
-            loss_fn=loss_fn,
-            on_step=on_step,
-        )
-        points.append((n, _val(ctx, model)))
-        return points
+        loss_fn = None
+        if teacher is not None:
+            loss_fn = distill_loss(teacher, temperature=d.temperature, weight=d.weight)
+        fit(ctx, model, steps=n, loss_fn=loss_fn, on_step=on_step)
+        return [*points, (n, _val(ctx, model))]
 
     return finetune
 
 
 def _val(ctx: JobContext, model: nn.Module) -> float:
-    was_training = model.training
-    accuracy = train.evaluate(model, ctx.data.val, batch_size=512, device=ctx.device, limit=4)
-    model.train(was_training)
-    return accuracy
+    return train.evaluate(model, ctx.data.val, batch_size=512, device=ctx.device, limit=4)
