@@ -177,6 +177,18 @@ def fit(
     )
 
 
+def calibrate(ctx: JobContext, model: nn.Module) -> None:
+    """Adaptive BN with the job's calibration settings: the proxy score's first half."""
+    train.adaptive_bn(
+        model,
+        ctx.data.train,
+        calib_batches=ctx.spec.scoring.calib_batches,
+        batch_size=ctx.spec.train.batch_size,
+        device=ctx.device,
+        seed=ctx.spec.seed,
+    )
+
+
 def release() -> None:
     """Hand cached GPU memory back once a candidate's tensors are dropped (no-op on CPU)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -274,14 +274,7 @@ def _score(ctx: JobContext, values: list[int], timings: dict[str, Any]) -> float
         timings["reconstruct_error_before"] = sum(f["error_before"] for f in fits) / len(fits)
         timings["reconstruct_error_after"] = sum(f["error_after"] for f in fits) / len(fits)
     tick = time.perf_counter()
-    train.adaptive_bn(
-        built.model,
-        ctx.data.train,
-        calib_batches=scoring.calib_batches,
-        batch_size=ctx.spec.train.batch_size,
-        device=ctx.device,
-        seed=ctx.spec.seed,
-    )
+    candidate.calibrate(ctx, built.model)
     timings["calib_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     accuracy = _accuracy(ctx, built.model, "val")

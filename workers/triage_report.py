@@ -18,7 +18,7 @@ from torch import nn
 
 from search import triage as narrowing
 from workers import train
-from workers.candidate import fit
+from workers.candidate import calibrate, fit
 from workers.context import JobContext
 from workers.criteria import DATA_CRITERIA
 from workers.distill import distill_loss
@@ -45,14 +45,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     def score(model: nn.Module) -> float:
-        train.adaptive_bn(
-            model,
-            ctx.data.train,
-            calib_batches=spec.scoring.calib_batches,
-            batch_size=spec.train.batch_size,
-            device=ctx.device,
-            seed=spec.seed,
-        )
+        calibrate(ctx, model)
         return train.evaluate(model, ctx.data.val, batch_size=512, device=ctx.device)
 
     tick = time.perf_counter()
