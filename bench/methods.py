@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.report import table  # noqa: E402
 from search import Budget, SearchSpace, repair  # noqa: E402
 from search.alds import alds_allocate, uniform_rank  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -216,13 +217,6 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- 1. criteria
 
 
@@ -270,7 +264,7 @@ def criteria_table(r: dict[str, Any], cfg: Config) -> str:
         ]
         for x in r["rows"]
     ]
-    return _table(
+    return table(
         f"1. Criteria (uniform ratios; after = {cfg.finetune_steps} fine-tune steps)",
         ["arch", "FLOPs", "criterion", "before FT %", "after FT %", "select s"],
         rows,
@@ -314,7 +308,7 @@ def masks_exp(b: Bench) -> dict[str, Any]:
 
 
 def masks_table(r: dict[str, Any], cfg: Config) -> str:
-    return _table(
+    return table(
         f"2. Dynamic vs static masks ({r['arch']}, {r['target']} FLOPs, {r['criterion']}, "
         f"{cfg.long_steps} steps, masks recomputed every {cfg.mask_every})",
         ["masking", "test acc %", "channels swapped back in", "seconds"],
@@ -342,7 +336,7 @@ def distill_exp(b: Bench) -> dict[str, Any]:
 
 def distill_table(r: dict[str, Any], cfg: Config) -> str:
     steps = [s for s, _ in r["rows"][0]["curve"]]
-    return _table(
+    return table(
         f"3. Distillation from the baseline ({r['arch']}, {r['target']} FLOPs, l1; "
         f"parent {_pct(r['parent'])} %; T=4, weight 0.5)",
         ["fine-tune"] + [f"step {s} %" for s in steps],
@@ -384,7 +378,7 @@ def reconstruct_exp(b: Bench) -> dict[str, Any]:
 
 
 def reconstruct_table(r: dict[str, Any], cfg: Config) -> str:
-    return _table(
+    return table(
         f"4. Least-squares reconstruction, no fine-tune (l1, {cfg.criterion_batches} "
         "calibration batches)",
         ["arch", "FLOPs", "reconstruct", "test acc %", "+ adaptive BN %", "seconds"],
@@ -465,7 +459,7 @@ def _latency(b: Bench, base: nn.Module, model: nn.Module) -> dict[str, float]:
 
 
 def lowrank_table(r: dict[str, Any], cfg: Config) -> str:
-    return _table(
+    return table(
         f"5. Low-rank vs channel pruning at equal FLOPs ({r['arch']}; after = "
         f"{cfg.finetune_steps} fine-tune steps; CPU latency at batch 256)",
         ["FLOPs target", "method", "FLOPs ratio", "before FT %", "after FT %", "speedup"],
@@ -536,7 +530,7 @@ def triage_table(r: dict[str, Any], cfg: Config) -> str:
         for x in r["blocks"]
     ]
     first = r["blocks"][0]["finetune"][0][0] if r["blocks"] else 0
-    text = _table(
+    text = table(
         f"6a. Deep Net Triage, block criticality ({r['arch']}; parent {_pct(r['parent'])} %; "
         f"fine-tune {cfg.block_steps} steps, first checkpoint at step {first})",
         [
@@ -552,7 +546,7 @@ def triage_table(r: dict[str, Any], cfg: Config) -> str:
     )
     ratios = [p[0] for p in next(iter(r["curves"].values()))]
     curve_rows = [[g] + [_pct(a) for _, a in pts] for g, pts in r["curves"].items()]
-    text += "\n\n" + _table(
+    text += "\n\n" + table(
         f"6b. Sensitivity curves (adaptive-BN test accuracy %, one group pruned; unpruned "
         f"{_pct(r['reference_abn'])} %)",
         ["group"] + [f"{x:.1f}" for x in ratios],

@@ -8,19 +8,33 @@ candidates without a network in memory.
 from __future__ import annotations
 
 from search.alds import alds_allocate, max_error, uniform_rank
-from search.budget import Budget, Repaired, repair, unrepaired
+from search.allocate import global_ranking, greedy_sensitivity
+from search.budget import Budget, Repaired, cap, repair, unrepaired
 from search.errors import InfeasibleBudget, ProfileError, SearchError, UnknownSampler
+from search.genetic import GeneticSampler
 from search.objectives import flops_aware_score
 from search.pareto import Point, pareto_front
 from search.profile import Group, ModelProfile, RankSlot, Term, factorisation, kept_channels
-from search.samplers import SAMPLERS, make_sampler, shares_one_ratio
-from search.space import OPERATORS, SearchSpace, candidate_key
-from search.study import Proposal, ask, create_study, enqueue_trials, tell
+from search.samplers import ALLOCATORS, SAMPLERS, directions, make_sampler, shares_one_ratio
+from search.space import GRANULARITIES, OPERATORS, SearchSpace, Variable, candidate_key
+from search.study import (
+    Proposal,
+    ask,
+    create_study,
+    enqueue_trials,
+    granularity_of,
+    set_allocation,
+    set_seeds,
+    tell,
+)
 
 __all__ = [
+    "ALLOCATORS",
+    "GRANULARITIES",
     "OPERATORS",
     "SAMPLERS",
     "Budget",
+    "GeneticSampler",
     "Group",
     "InfeasibleBudget",
     "ModelProfile",
@@ -33,18 +47,26 @@ __all__ = [
     "SearchSpace",
     "Term",
     "UnknownSampler",
+    "Variable",
     "alds_allocate",
     "ask",
     "candidate_key",
+    "cap",
     "create_study",
+    "directions",
     "enqueue_trials",
     "factorisation",
     "flops_aware_score",
+    "global_ranking",
+    "granularity_of",
+    "greedy_sensitivity",
     "kept_channels",
     "make_sampler",
     "max_error",
     "pareto_front",
     "repair",
+    "set_allocation",
+    "set_seeds",
     "shares_one_ratio",
     "tell",
     "uniform_rank",

@@ -1,4 +1,8 @@
-"""Pareto front over (accuracy: higher is better, FLOPs: lower is better)."""
+"""Pareto front over (accuracy: higher is better, cost: lower is better).
+
+The cost is whichever objective the job trades accuracy against: FLOPs,
+parameters or measured latency, absolute or as a ratio of the baseline.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,18 @@ from dataclasses import dataclass
 class Point:
     id: int
     accuracy: float
-    flops: float
+    cost: float
 
 
 def pareto_front(points: Iterable[Point]) -> list[Point]:
-    """Non-dominated points, sorted by FLOPs ascending.
+    """Non-dominated points, sorted by cost ascending.
 
-    A point is dominated when another is at least as accurate with at most as
-    many FLOPs and strictly better in one of them. Sweeping by FLOPs and
+    A point is dominated when another is at least as accurate at no more
+    cost and strictly better in one of them. Sweeping by cost and
     keeping each point that beats the best accuracy so far does that in
     O(n log n).
     """
-    ordered = sorted(points, key=lambda p: (p.flops, -p.accuracy, p.id))
+    ordered = sorted(points, key=lambda p: (p.cost, -p.accuracy, p.id))
     front: list[Point] = []
     for p in ordered:
         if not front or p.accuracy > front[-1].accuracy:

@@ -46,11 +46,15 @@ class Group:
         channels: Number of channels of the unpruned group.
         layers: Names of the modules whose channels the group couples, so a
             user can see why e.g. every residual conv of a stage moves together.
+        stage: Resolution stage of the root's output (0 = largest feature
+            map); ``granularity: stage`` gives every group of a stage one
+            shared ratio. Profiles written before stages existed read as 0.
     """
 
     name: str
     channels: int
     layers: tuple[str, ...] = ()
+    stage: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,12 @@ class ModelProfile:
                 input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
                 num_classes=int(data["num_classes"]),
                 groups=tuple(
-                    Group(str(g["name"]), int(g["channels"]), tuple(g.get("layers", ())))
+                    Group(
+                        str(g["name"]),
+                        int(g["channels"]),
+                        tuple(g.get("layers", ())),
+                        int(g.get("stage", 0)),
+                    )
                     for g in data["groups"]
                 ),
                 flops_terms=_terms(data["flops_terms"]),

@@ -16,26 +16,43 @@ from typing import Any
 
 import numpy as np
 from optuna import Study
-from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import UnknownSampler
+from search.errors import SearchError, UnknownSampler
+from search.genetic import GeneticSampler
 
-SAMPLERS = ("tpe", "random", "uniform")
+SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
+# Samplers that replay one allocation computed in ``prepare`` (rule-based baselines).
+ALLOCATORS = frozenset({"tp_global", "sensitivity"})
+ALLOCATION_KEY = "prunesearch:allocation"
 
 
-def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
+def make_sampler(
+    name: str, *, seed: int, n_trials: int, population: int | None = None
+) -> BaseSampler:
     """The sampler called ``name`` for a job of ``n_trials`` trials.
 
-    ``tpe`` is Optuna's multivariate TPE with the constant liar, so parallel
-    workers do not all crowd the same promising region. ``random`` draws
-    every group's ratio independently (the baseline every search must beat at
-    equal evaluations, METHODS.md). ``uniform`` samples
-    the single shared ratio of the uniform baseline at random (after budget
-    repair every proposal becomes the same network, which the duplicate check
-    then scores only once).
+    * ``tpe``: Optuna's multivariate TPE with the constant liar, so parallel
+      workers do not all crowd the same promising region.
+    * ``nsga2``: Optuna's NSGA-II on two objectives (accuracy up, cost down).
+    * ``genetic``: :class:`~search.genetic.GeneticSampler`.
+    * ``random``: every variable independently uniform (the baseline every
+      search must beat at equal evaluations, METHODS.md).
+    * ``uniform``: one ratio shared by all groups, at random (after budget
+      repair every proposal is the same network, scored once).
+    * ``tp_global`` / ``sensitivity``: replay the allocation ``prepare``
+      stored (:data:`ALLOCATION_KEY`): Torch-Pruning's global ranking, or the
+      greedy walk down the sensitivity curves. Every trial proposes it, so
+      after the first the duplicate check makes them free.
+
+    ``population`` sets the generation size of ``nsga2`` and ``genetic``;
+    by default a quarter of the trials, between 4 and 50, so that even a
+    short search sees a few generations.
     """
+    pop = population or max(4, min(50, n_trials // 4))
+    factory: Callable[[int], BaseSampler]
     if name == "tpe":
         startup = max(3, min(10, n_trials // 4))
 
@@ -47,11 +64,23 @@ def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
                 constant_liar=True,
             )
 
+    elif name == "nsga2":
+
+        def factory(s: int) -> BaseSampler:
+            return NSGAIISampler(population_size=pop, seed=s)
+
+    elif name == "genetic":
+
+        def factory(s: int) -> BaseSampler:
+            return GeneticSampler(population_size=pop, seed=s)
+
     elif name in ("random", "uniform"):
 
         def factory(s: int) -> BaseSampler:
             return RandomSampler(seed=s)
 
+    elif name in ALLOCATORS:
+        return AllocationSampler()
     else:
         raise UnknownSampler(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return PerTrialSeed(factory, seed)
@@ -60,6 +89,39 @@ def make_sampler(name: str, *, seed: int, n_trials: int) -> BaseSampler:
 def shares_one_ratio(name: str) -> bool:
     """Whether the sampler proposes one ratio for all groups (the uniform baseline)."""
     return name == "uniform"
+
+
+def directions(name: str) -> tuple[str, ...]:
+    """Study directions: accuracy alone, or accuracy and cost for ``nsga2``."""
+    return ("maximize", "minimize") if name == "nsga2" else ("maximize",)
+
+
+class AllocationSampler(BaseSampler):
+    """Proposes the allocation stored on the study, whatever the trial."""
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        allocation = study.user_attrs.get(ALLOCATION_KEY)
+        if allocation is None or param_name not in allocation:
+            raise SearchError(f"the study has no stored allocation for {param_name!r}")
+        assert isinstance(param_distribution, FloatDistribution)
+        value = float(allocation[param_name])
+        return min(param_distribution.high, max(param_distribution.low, value))
 
 
 class PerTrialSeed(BaseSampler):

@@ -13,10 +13,20 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from search.samplers import make_sampler, shares_one_ratio
+from search.errors import SearchError
+from search.genetic import SEEDS_KEY
+from search.samplers import (
+    ALLOCATION_KEY,
+    ALLOCATORS,
+    directions,
+    make_sampler,
+    shares_one_ratio,
+)
 from search.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -24,7 +34,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @dataclass(frozen=True)
 class Proposal:
-    """A sampler's raw proposal: one ratio per group, not yet repaired."""
+    """A sampler's raw proposal: one ratio per variable, not yet repaired."""
 
     number: int
     ratios: tuple[float, ...]
@@ -62,75 +72,110 @@ def study_name(job_id: str) -> str:
     return f"prunesearch-{job_id}"
 
 
-def create_study(job_id: str, url: str) -> None:
-    """Create the job's study (idempotent: a retried ``prepare`` reuses it)."""
+def create_study(job_id: str, url: str, sampler: str = "tpe") -> None:
+    """Create the job's study (idempotent: a retried ``prepare`` reuses it).
+
+    ``nsga2`` studies have two directions (accuracy up, cost down); every
+    other sampler's study has one.
+    """
     optuna.create_study(
         study_name=study_name(job_id),
         storage=storage(url),
-        direction="maximize",
+        directions=[StudyDirection[d.upper()] for d in directions(sampler)],
         load_if_exists=True,
     )
 
 
+def _load(job_id: str, url: str, sampler: BaseSampler | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=study_name(job_id), storage=storage(url), sampler=sampler)
+
+
+def granularity_of(sampler: str, granularity: str) -> str:
+    """The granularity a sampler really searches: ``uniform`` always ties the network."""
+    return "network" if shares_one_ratio(sampler) else granularity
+
+
 def ask(
-    job_id: str, url: str, space: SearchSpace, *, sampler: str, seed: int, n_trials: int
+    job_id: str,
+    url: str,
+    space: SearchSpace,
+    *,
+    sampler: str,
+    seed: int,
+    n_trials: int,
+    granularity: str = "group",
+    population: int | None = None,
 ) -> Proposal:
     """Ask the job's study for the next proposal.
 
     Only the searched variables (:attr:`SearchSpace.searched`) are sampled,
-    each named ``r<index>`` after its variable, so a study never spends its
+    one study parameter per :class:`~search.space.Variable` of the
+    granularity (``r012``, ``s1`` or ``ratio``), so a study never spends its
     model on a variable that cannot move; fixed variables get their bound.
-    The ``uniform`` sampler draws one ratio shared by all searched variables
-    (clipped into each one's bounds where triage narrowed them).
     """
-    study = optuna.load_study(
-        study_name=study_name(job_id),
-        storage=storage(url),
-        sampler=make_sampler(sampler, seed=seed, n_trials=n_trials),
+    study = _load(
+        job_id, url, make_sampler(sampler, seed=seed, n_trials=n_trials, population=population)
     )
-    bounds = space.bounds
-    searched = space.searched
-    ratios = [lo for lo, _ in bounds]
-    if not searched:
-        trial = study.ask()
-    elif shares_one_ratio(sampler):
-        low = min(bounds[i][0] for i in searched)
-        high = max(bounds[i][1] for i in searched)
-        trial = study.ask({"ratio": FloatDistribution(low, high)})
-        shared = float(trial.params["ratio"])
-        for i in searched:
-            ratios[i] = min(bounds[i][1], max(bounds[i][0], shared))
-    else:
-        names = {i: f"r{i:03d}" for i in searched}
-        trial = study.ask({names[i]: FloatDistribution(*bounds[i]) for i in searched})
-        for i in searched:
-            ratios[i] = float(trial.params[names[i]])
-    return Proposal(trial.number, tuple(ratios))
+    how = granularity_of(sampler, granularity)
+    variables = space.variables(how)
+    if sampler in ALLOCATORS:  # refuse before a trial number is spent on a doomed ask
+        stored = study.user_attrs.get(ALLOCATION_KEY) or {}
+        missing = [v.name for v in variables if v.name not in stored]
+        if missing:
+            raise SearchError(
+                f"sampler {sampler} needs the allocation prepare stores; none for {missing}"
+            )
+    trial = study.ask({v.name: FloatDistribution(v.low, v.high) for v in variables})
+    values = {v.name: float(trial.params[v.name]) for v in variables}
+    return Proposal(trial.number, space.expand(how, values))
 
 
 def enqueue_trials(
-    job_id: str, url: str, space: SearchSpace, vectors: Sequence[Sequence[float]]
+    job_id: str,
+    url: str,
+    space: SearchSpace,
+    vectors: Sequence[Sequence[float]],
+    granularity: str = "group",
 ) -> None:
     """Make ``vectors`` the study's next proposals (ALDS allocation, triage allocations).
 
-    They are clipped into the space's bounds and given under the names
-    :func:`ask` uses, so the next asks return them whatever the sampler, and
-    the sampler learns from their scores like from any trial.
+    They are given under the names :func:`ask` uses (:meth:`SearchSpace.collapse`),
+    so the next asks return them whatever the sampler, and the sampler
+    learns from their scores like from any trial.
     """
-    study = optuna.load_study(study_name=study_name(job_id), storage=storage(url))
+    study = _load(job_id, url)
     for vector in vectors:
-        clipped = space.clip(vector)
-        study.enqueue_trial({f"r{i:03d}": clipped[i] for i in space.searched}, skip_if_exists=True)
+        study.enqueue_trial(space.collapse(granularity, vector), skip_if_exists=True)
 
 
-def tell(job_id: str, url: str, number: int, score: float | None) -> None:
-    """Report a trial's score, or its failure when ``score`` is None.
+def set_allocation(
+    job_id: str, url: str, space: SearchSpace, vector: Sequence[float], granularity: str = "group"
+) -> None:
+    """Store the allocation that ``tp_global`` and ``sensitivity`` propose."""
+    study = _load(job_id, url)
+    study.set_user_attr(ALLOCATION_KEY, space.collapse(granularity, vector))
+
+
+def set_seeds(
+    job_id: str,
+    url: str,
+    space: SearchSpace,
+    vectors: Sequence[Sequence[float]],
+    granularity: str = "group",
+) -> None:
+    """Store the vectors the ``genetic`` sampler breeds its first generation from."""
+    study = _load(job_id, url)
+    study.set_user_attr(SEEDS_KEY, [space.collapse(granularity, v) for v in vectors])
+
+
+def tell(job_id: str, url: str, number: int, values: float | Sequence[float] | None) -> None:
+    """Report a trial's objective value(s), or its failure when ``values`` is None.
 
     Telling an already finished trial is a no-op, so a retried task cannot
     corrupt the study.
     """
-    study = optuna.load_study(study_name=study_name(job_id), storage=storage(url))
-    if score is None:
+    study = _load(job_id, url)
+    if values is None:
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     else:
-        study.tell(number, score, skip_if_finished=True)
+        study.tell(number, values, skip_if_finished=True)

@@ -20,7 +20,14 @@ from service.db.session import migrate, session_factory, session_scope
 from service.db.spec import JobSpec
 from service.settings import Settings
 
-EXPORTED = ("result.json", "model.safetensors", "recipe.json", "model.onnx", "sensitivity.json")
+EXPORTED = (
+    "result.json",
+    "model.safetensors",
+    "recipe.json",
+    "model.onnx",
+    "sensitivity.json",
+    "pareto.json",
+)
 
 
 def local_settings(out: Path, device: str) -> Settings:
@@ -63,7 +70,13 @@ def run_local(spec: JobSpec, out: Path, *, device: str = "cpu", progress: bool =
             if best:
                 bar.set_postfix(best_val_acc=f"{best['accuracy']:.4f}")
         bar.close()
-        say("finalizing: fine-tuning and exporting the best candidate")
+        k = spec.scoring.promote_top_k
+        say(
+            f"finalizing: short fine-tune of the top {k} candidates, then the winner's "
+            "fine-tune and export"
+            if k > 1
+            else "finalizing: fine-tuning and exporting the best candidate"
+        )
         tasks.finalize(job_id, settings)
         job = _job(factory, job_id)
     if job["status"] == "done":
@@ -112,4 +125,7 @@ def summary(result: dict[str, Any]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'baseline':>14}  {'best':>14}"]
     lines += [f"{n:{width}}  {b:>14}  {p:>14}  {x}" for n, b, p, x in rows]
+    winner = result.get("ladder", {}).get("winner")
+    if winner:
+        lines.append(f"chosen: candidate {winner['candidate_id']}, {winner['why']}")
     return "\n".join(lines)

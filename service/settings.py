@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     data_dir: Path | None = None
     device: str = "cpu"
+    # Trained baselines keyed by everything that determines them (model, data,
+    # training recipe, seed, device kind): a batch of jobs on one model trains
+    # it once. Off unless set (PRUNESEARCH_BASELINE_CACHE).
+    baseline_cache: Path | None = None
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

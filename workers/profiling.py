@@ -159,11 +159,20 @@ def build_profile(
         arch=arch,
         input_shape=input_shape,
         num_classes=num_classes,
-        groups=tuple(Group(g.name, g.channels, g.layers) for g in groups),
+        groups=tuple(
+            Group(g.name, g.channels, g.layers, _stage(positions[g.name], positions, groups))
+            for g in groups
+        ),
         flops_terms=_merge(flops),
         params_terms=_merge(params),
         ranks=ranks,
     )
+
+
+def _stage(spatial: int, positions: dict[str, int], groups: list[ChannelGroup]) -> int:
+    """Index of ``spatial`` among the groups' distinct output sizes, largest first."""
+    sizes = sorted({positions[g.name] for g in groups}, reverse=True)
+    return sizes.index(spatial)
 
 
 def _rank_slots(

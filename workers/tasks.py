@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -26,30 +26,31 @@ import torch
 
 from search import (
     InfeasibleBudget,
-    Point,
-    alds_allocate,
+    Repaired,
     candidate_key,
+    cap,
     create_study,
-    enqueue_trials,
     flops_aware_score,
     pareto_front,
     repair,
-    shares_one_ratio,
     unrepaired,
 )
 from search import ask as ask_study
 from search import tell as tell_study
 from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
+from service.db.models import Candidate, CandidateStatus, JobStatus
 from service.db.session import session_factory, session_scope
 from service.db.spec import JobSpec
 from service.errors import InvalidTransition
 from service.settings import Settings
-from workers import candidate, export, lowrank, measure, train, triage_report
+from workers import allocation, baselines, candidate, export, ladder, measure, train, triage_report
 from workers.context import JobContext, forget, job_context, worker_name
+from workers.latency import latency_ms
 from workers.profiling import build_profile
 
 log = logging.getLogger(__name__)
+
+TWIN_WAIT_S = 600.0  # longest wait for a concurrent trial of the same network
 
 
 @contextmanager
@@ -112,11 +113,7 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         _, ctx = _load(job_id, settings)
         ctx.take_load_time()  # part of prepare_s, not of the first trial
         spec = ctx.spec
-        torch.manual_seed(spec.seed)
-        model = ctx.fresh_model()
-        if spec.model.pretrain_epochs > 0:
-            candidate.fit(ctx, model, epochs=spec.model.pretrain_epochs)
-        ctx.save_baseline(model)
+        model = baselines.trained(ctx)
         profile = build_profile(
             model.cpu(),
             arch=spec.model.arch,
@@ -139,11 +136,12 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
             "profile_flops": profile.base_flops,
             "profile_params": profile.base_params,
         }
-        report = _triage(ctx) if spec.triage.enabled else None
-        create_study(job_id, settings.optuna_url)
-        seeds = _seeds(ctx, model, report)
-        if seeds and not shares_one_ratio(spec.search.sampler):
-            enqueue_trials(job_id, settings.optuna_url, ctx.space(), seeds)
+        if spec.search.objective == "latency_ratio":
+            baseline["objective_latency_ms"] = latency_ms(ctx, model, ctx.space().sizes)
+        needs_curves = spec.triage.enabled or spec.search.sampler in allocation.NEEDS_CURVES
+        report = _triage(ctx, full=spec.triage.enabled) if needs_curves else None
+        create_study(job_id, settings.optuna_url, spec.search.sampler)
+        baseline["plan"] = allocation.plan(ctx, model, report)
         with _session(settings) as s:
             repo.update_job(
                 s,
@@ -158,9 +156,9 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         _fail(job_id, settings, "prepare", exc)
 
 
-def _triage(ctx: JobContext) -> dict[str, Any]:
+def _triage(ctx: JobContext, *, full: bool) -> dict[str, Any]:
     """Run the triage report, narrow the space by it, and write ``sensitivity.json``."""
-    report = triage_report.run(ctx)
+    report = triage_report.run(ctx, full=full)
     if report["bounds"] is not None:
         ctx.group_bounds = tuple((lo, hi) for lo, hi in report["bounds"])
         try:
@@ -170,25 +168,6 @@ def _triage(ctx: JobContext) -> dict[str, Any]:
             report["narrowing"] = "dropped: the critical floors do not fit the budget"
     (ctx.job_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _seeds(
-    ctx: JobContext, model: torch.nn.Module, report: dict[str, Any] | None
-) -> list[tuple[float, ...]]:
-    """First trials: the ALDS allocation (low-rank operators) and the triage allocations.
-
-    Seeds are full ratio vectors (every group, then every rank slot); the
-    trial repairs them to the budget like any proposal.
-    """
-    space, seeds = ctx.space(), []
-    ranks = (1.0,) * (space.size - len(space.profile.groups))
-    if ctx.spec.search.operator != "prune":
-        errors = lowrank.error_table(model.cpu(), space.profile)
-        seeds.append(alds_allocate(space, errors, ctx.budget()))
-        model.to(ctx.device)
-    if report is not None and ctx.spec.search.operator != "lowrank":
-        seeds += [tuple(v) + ranks for v in report["seeds"]]
-    return seeds
 
 
 def trial(job_id: str, settings: Settings | None = None) -> None:
@@ -211,15 +190,19 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
         sampler=spec.search.sampler,
         seed=spec.seed,
         n_trials=spec.search.n_trials,
+        granularity=spec.search.granularity,
+        population=spec.search.population,
     )
-    fix = repair if spec.search.repair else unrepaired
-    fixed = fix(space, proposal.ratios, ctx.budget())
+    fixed = _fix(spec)(space, proposal.ratios, ctx.budget())
     key = candidate_key(fixed.counts)
+    objectives: dict[str, Any] = {
+        "flops_ratio": fixed.flops / space.profile.base_flops,
+        "params_ratio": fixed.params / space.profile.base_params,
+    }
     timings["ask_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     with _session(settings) as s:
-        earlier = repo.find_scored_by_key(s, job_id, key)
         cand = repo.add_candidate(
             s,
             job_id,
@@ -230,31 +213,40 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
             counts=list(fixed.counts),
             flops=fixed.flops,
             params=fixed.params,
+            objectives=objectives,
             worker=worker_name(),
             device=str(ctx.device),
             status=CandidateStatus.running,
             started_at=started_at,
         )
         cand_id = cand.id
-        reused = None if earlier is None else (earlier.score, earlier.accuracy, earlier.id)
+    earlier = _twin(settings, job_id, key, cand_id)  # a query, or the wait for a twin
     timings["db_s"] += time.perf_counter() - tick
 
     outcome: dict[str, Any]
-    if reused is not None:
-        score, accuracy, twin = reused
+    score: float | None
+    if earlier is not None:
+        score, accuracy, objectives = earlier.score, earlier.accuracy, earlier.objectives or {}
         outcome = {"status": CandidateStatus.duplicate, "score": score, "accuracy": accuracy}
-        outcome["error"] = f"same network as candidate {twin}; score reused"
+        outcome["error"] = f"same network as candidate {earlier.id}; score reused"
     else:
         try:
-            accuracy = _score(ctx, list(fixed.counts), timings)
+            accuracy, ms = _score(ctx, list(fixed.counts), timings)
             score = flops_aware_score(accuracy, fixed.fill, spec.search.flops_lambda)
             outcome = {"status": CandidateStatus.complete, "score": score, "accuracy": accuracy}
+            if ms is not None:
+                base_ms = _baseline_latency(settings, job_id)
+                objectives = {**objectives, "latency_ms": ms, "latency_ratio": ms / base_ms}
         except Exception as exc:
             log.exception("trial %s of job %s failed", proposal.number, job_id)
             score, outcome = None, {"status": CandidateStatus.failed, "error": repr(exc)}
+    outcome["objectives"] = objectives
 
     tick = time.perf_counter()
-    tell_study(job_id, settings.optuna_url, proposal.number, score)
+    values: float | tuple[float, float] | None = score
+    if score is not None and spec.search.sampler == "nsga2":
+        values = (score, float(objectives[spec.search.objective]))
+    tell_study(job_id, settings.optuna_url, proposal.number, values)
     timings["tell_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - t0
     # This last write is timed by the gap to the next trial (finished_at is set first).
@@ -262,8 +254,51 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
         repo.finish_candidate(s, cand_id, timings=timings, finished_at=datetime.now(UTC), **outcome)
 
 
-def _score(ctx: JobContext, values: list[int], timings: dict[str, Any]) -> float:
-    """Build the candidate (prune, ..., short fine-tune) and return its proxy val accuracy."""
+def _twin(settings: Settings, job_id: str, key: str, cand_id: int) -> Candidate | None:
+    """An earlier, scored candidate of the same network, if there is one.
+
+    Called after this trial's own row is written, so of two workers that
+    drew the same network at once the second always sees the first: it
+    waits for that score instead of computing it again (``tp_global`` and
+    ``sensitivity`` propose one network to every worker). A twin still
+    running after :data:`TWIN_WAIT_S` (its worker may be gone) is not
+    waited for any longer: this trial scores the network itself.
+    """
+    deadline = time.monotonic() + TWIN_WAIT_S
+    while True:
+        with _session(settings) as s:
+            scored = repo.find_scored_by_key(s, job_id, key)
+            if scored is not None:
+                return scored
+            if repo.find_running_by_key(s, job_id, key, before=cand_id) is None:
+                return None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _fix(spec: JobSpec) -> Callable[..., Repaired]:
+    """How a proposal meets the budget: repaired onto it, capped (``nsga2``), or left."""
+    if not spec.search.repair:
+        return unrepaired
+    return cap if spec.search.sampler == "nsga2" else repair
+
+
+def _baseline_latency(settings: Settings, job_id: str) -> float:
+    """The baseline's latency at ``latency_batch``, measured by ``prepare``."""
+    with _session(settings) as s:
+        baseline = repo.get_job(s, job_id).baseline or {}
+        return float(baseline["objective_latency_ms"])
+
+
+def _score(
+    ctx: JobContext, values: list[int], timings: dict[str, Any]
+) -> tuple[float, float | None]:
+    """Build the candidate (prune, ..., short fine-tune); its proxy val accuracy and latency.
+
+    The latency (ms at ``latency_batch``) is measured only for the
+    ``latency_ratio`` objective.
+    """
     scoring = ctx.spec.scoring
     steps = scoring.finetune_steps if scoring.mode == "finetune" else 0
     built = candidate.build(ctx, values, steps=steps, distill=scoring.distill)
@@ -279,9 +314,21 @@ def _score(ctx: JobContext, values: list[int], timings: dict[str, Any]) -> float
     tick = time.perf_counter()
     accuracy = _accuracy(ctx, built.model, "val")
     timings["eval_s"] = time.perf_counter() - tick
+    ms = None
+    if ctx.spec.search.objective == "latency_ratio":
+        tick = time.perf_counter()
+        ms = latency_ms(ctx, built.model, values)
+        timings["latency_s"] = time.perf_counter() - tick
     del built
     candidate.release()
-    return accuracy
+    return accuracy, ms
+
+
+def _front(scored: list[Any], objective: str) -> list[Any]:
+    """Candidates on the Pareto front of validation accuracy against ``objective``."""
+    complete = [c for c in scored if c.status == CandidateStatus.complete]
+    by_id = {c.id: c for c in complete}
+    return [by_id[p.id] for p in pareto_front(ladder.points(complete, objective))]
 
 
 def finalize(job_id: str, settings: Settings | None = None) -> None:
@@ -308,45 +355,36 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         job = repo.get_job(s, job_id)
         baseline, timings = dict(job.baseline or {}), dict(job.timings or {})
         scored = repo.list_candidates(s, job_id, limit=100_000, offset=0)
-        best = repo.best_candidate(s, job_id)
-        if not ctx.spec.search.repair:  # candidates may be over budget: choose within it
-            budget, profile = ctx.budget(), ctx.space().profile
-            best = max(
-                (
-                    c
-                    for c in scored
-                    if c.status == CandidateStatus.complete
-                    and budget.fill(profile, c.counts) <= 1.0
-                ),
-                key=lambda c: c.score or 0.0,
-                default=None,
-            )
-        if best is None:
-            raise RuntimeError("no candidate completed within the budget; nothing to fine-tune")
-        points = [
-            Point(c.id, c.accuracy, c.flops)
-            for c in scored
-            if c.status == CandidateStatus.complete and c.accuracy is not None
-        ]
-        by_id = {c.id: c for c in scored}
-        front = [
-            {
-                "candidate_id": p.id,
-                "val_accuracy": p.accuracy,
-                "flops": p.flops,
-                "params": by_id[p.id].params,
-                "ratios": by_id[p.id].ratios,
-            }
-            for p in pareto_front(points)
-        ]
-        chosen: dict[str, Any] = {
-            "candidate_id": best.id,
-            "trial_number": best.trial_number,
-            "search_score": best.score,
-            "search_val_accuracy": best.accuracy,
-            "ratios": best.ratios,
-            "counts": best.counts,
+    objective = ctx.spec.search.objective
+    front = [
+        {
+            "candidate_id": c.id,
+            "val_accuracy": c.accuracy,
+            objective: (c.objectives or {})[objective],
+            "flops": c.flops,
+            "params": c.params,
+            "ratios": c.ratios,
         }
+        for c in _front(scored, objective)
+    ]
+    ranked, why = ladder.pool(ctx, scored)
+    if not ranked:
+        raise RuntimeError("no candidate completed within the budget; nothing to fine-tune")
+    tick = time.perf_counter()
+    decision = ladder.climb(ctx, ranked, why)
+    timings["ladder_s"] = time.perf_counter() - tick
+    with _session(settings) as s:
+        for cand_id, rungs in decision.rungs.items():
+            repo.set_rungs(s, cand_id, rungs)
+    best = decision.winner
+    chosen: dict[str, Any] = {
+        "candidate_id": best.id,
+        "trial_number": best.trial_number,
+        "search_score": best.score,
+        "search_val_accuracy": best.accuracy,
+        "ratios": best.ratios,
+        "counts": best.counts,
+    }
     timings["search_s"] = (
         time.time() - datetime.fromisoformat(timings["search_started"]).timestamp()
     )
@@ -399,12 +437,15 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         "baseline": baseline,
         "best": final,
         "pareto": front,
-        "timings": {k: timings[k] for k in ("prepare_s", "search_s", "finalize_s")},
-        "artifacts": ["model.safetensors", "recipe.json"]
+        "objective": objective,
+        "ladder": decision.record,
+        "timings": {k: timings[k] for k in ("prepare_s", "search_s", "ladder_s", "finalize_s")},
+        "artifacts": ["model.safetensors", "recipe.json", "pareto.json"]
         + (["model.onnx"] if onnx_path else [])
         + (["sensitivity.json"] if (out / "sensitivity.json").is_file() else []),
         "spec": spec.model_dump(mode="json"),
     }
+    (out / "pareto.json").write_text(json.dumps({"objective": objective, "front": front}, indent=2))
     (out / "result.json").write_text(json.dumps(result, indent=2))
     with _session(settings) as s:
         repo.update_job(s, job_id, result=result, timings=timings)

@@ -33,8 +33,12 @@ from workers.triage import (
 CHECKPOINTS = 4  # accuracy checkpoints per block fine-tune (convergence, then the end)
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext, *, full: bool = True) -> dict[str, Any]:
     """Sensitivity curves, block criticality, the findings, and the narrowed bounds.
+
+    With ``full=False`` only the curves (and the allocations read from them)
+    are computed: what the ``genetic`` and ``sensitivity`` samplers need when
+    the spec did not ask for a triage; blocks and narrowing are skipped.
 
     Returns:
         ``{reference, curves, blocks, findings, bounds, reasons, seeds, timings}``;
@@ -64,7 +68,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     reports: list[dict[str, Any]] = []
     findings: dict[str, Any] | None = None
-    if t.blocks and blocks(ctx.baseline()):
+    if full and t.blocks and blocks(ctx.baseline()):
         tick = time.perf_counter()
         found = block_criticality(
             ctx.baseline,
@@ -93,7 +97,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "curves": {name: [[r, a] for r, a in curve] for name, curve in curves.items()},
         "blocks": reports,
         "findings": findings,
-        "bounds": [list(b) for b in narrowed.bounds] if t.narrow else None,
+        "bounds": [list(b) for b in narrowed.bounds] if full and t.narrow else None,
         "reasons": narrowed.reasons,
         "seeds": [list(s) for s in seeds],
         "timings": timings,

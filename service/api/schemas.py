@@ -147,6 +147,13 @@ class CandidatePublic(BaseModel):
     worker: str | None
     device: str | None
     timings: dict[str, Any]
+    objectives: dict[str, Any] = Field(
+        description="flops_ratio, params_ratio and, for latency_ratio jobs, the measured "
+        "latency_ms and latency_ratio."
+    )
+    rungs: dict[str, Any] | None = Field(
+        description="Promotion ladder: the short fine-tune this candidate got and why."
+    )
     error: str | None
     started_at: datetime
     finished_at: datetime | None
@@ -172,10 +179,42 @@ class CandidatePublic(BaseModel):
             worker=candidate.worker,
             device=candidate.device,
             timings=candidate.timings or {},
+            objectives=candidate.objectives or {},
+            rungs=candidate.rungs,
             error=candidate.error,
             started_at=started,
             finished_at=_utc(candidate.finished_at),
         )
+
+
+class ParetoPoint(BaseModel):
+    candidate_id: int
+    trial_number: int
+    val_accuracy: float
+    cost: float = Field(description="The job's objective (flops_ratio, params_ratio, ...).")
+    flops_ratio: float | None
+    params_ratio: float | None
+    ratios: list[float]
+
+    @classmethod
+    def of(cls, candidate: Candidate, objective: str) -> ParetoPoint:
+        objectives = candidate.objectives or {}
+        return cls(
+            candidate_id=candidate.id,
+            trial_number=candidate.trial_number,
+            val_accuracy=candidate.accuracy or 0.0,
+            cost=float(objectives[objective]),
+            flops_ratio=objectives.get("flops_ratio"),
+            params_ratio=objectives.get("params_ratio"),
+            ratios=candidate.ratios,
+        )
+
+
+class ParetoPublic(BaseModel):
+    objective: str
+    candidates: int = Field(description="Complete candidates the front was computed from.")
+    front: list[ParetoPoint] = Field(description="Non-dominated candidates, cheapest first.")
+    chosen: int | None = Field(description="Candidate the finished job fine-tuned and exported.")
 
 
 class Page(BaseModel, Generic[T]):

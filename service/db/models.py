@@ -107,7 +107,32 @@ class Candidate(Base):
     device: Mapped[str | None] = mapped_column(String(32), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    objectives: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, default=None, doc="flops_ratio, params_ratio and (when measured) latency_ratio"
+    )
+    rungs: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, default=None, doc="promotion ladder: short fine-tune result and why it was promoted"
+    )
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     job: Mapped[Job] = relationship(back_populates="candidates")
+
+
+class Latency(Base):
+    """A measured forward latency, cached per device, architecture and batch size.
+
+    ``arch`` names the network exactly (zoo name, input shape and the hash of
+    its kept counts), so a candidate seen before, in this job or another,
+    on the same kind of device is not timed twice.
+    """
+
+    __tablename__ = "latencies"
+    __table_args__ = (Index("ix_latencies_key", "device", "arch", "batch", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(200))
+    arch: Mapped[str] = mapped_column(String(200))
+    batch: Mapped[int] = mapped_column(Integer)
+    ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

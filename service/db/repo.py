@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import Candidate, CandidateStatus, Job, JobStatus, utcnow
+from service.db.models import Candidate, CandidateStatus, Job, JobStatus, Latency, utcnow
 from service.db.spec import JobSpec
 from service.errors import (
     CandidateNotFound,
@@ -208,6 +208,16 @@ def finish_candidate(session: Session, candidate_id: int, **fields: Any) -> Cand
     return candidate
 
 
+def set_rungs(session: Session, candidate_id: int, rungs: dict[str, Any]) -> None:
+    """Record what the promotion ladder did with a finished candidate (nothing else changes)."""
+    result = session.execute(
+        update(Candidate).where(Candidate.id == candidate_id).values(rungs=rungs)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise CandidateNotFound(candidate_id)
+    session.commit()
+
+
 def find_scored_by_key(session: Session, job_id: str, key: str) -> Candidate | None:
     """The earliest complete candidate of the job with the same kept channels, if any.
 
@@ -222,6 +232,24 @@ def find_scored_by_key(session: Session, job_id: str, key: str) -> Candidate | N
             Candidate.status == CandidateStatus.complete,
         )
         .order_by(Candidate.trial_number)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def find_running_by_key(
+    session: Session, job_id: str, key: str, *, before: int
+) -> Candidate | None:
+    """A candidate of the same network being scored right now, recorded before ``before``."""
+    stmt = (
+        select(Candidate)
+        .where(
+            Candidate.job_id == job_id,
+            Candidate.key == key,
+            Candidate.status == CandidateStatus.running,
+            Candidate.id < before,
+        )
+        .order_by(Candidate.id)
         .limit(1)
     )
     return session.scalars(stmt).first()
@@ -279,3 +307,28 @@ def progress(session: Session, job_id: str) -> tuple[int, int]:
     """
     job = get_job(session, job_id)
     return count_candidates(session, job_id, FINISHED_CANDIDATES), job.n_trials
+
+
+# --- latency cache --------------------------------------------------------------------------
+
+
+def cached_latency(session: Session, device: str, arch: str, batch: int) -> float | None:
+    """The latency measured before for this device, network and batch, if any."""
+    stmt = select(Latency.ms).where(
+        Latency.device == device, Latency.arch == arch, Latency.batch == batch
+    )
+    value = session.scalar(stmt)
+    return None if value is None else float(value)
+
+
+def store_latency(session: Session, device: str, arch: str, batch: int, ms: float) -> float:
+    """Cache a measurement; when another worker stored one first, theirs is kept and returned."""
+    session.add(Latency(device=device, arch=arch, batch=batch, ms=ms))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = cached_latency(session, device, arch, batch)
+        assert earlier is not None
+        return earlier
+    return ms

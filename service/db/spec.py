@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
 DATASETS = ("fashion-mnist", "digits", "synthetic")
-SAMPLERS = ("tpe", "random", "uniform")
+SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
 
 Ratio = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -59,8 +59,34 @@ class TargetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "random", "uniform"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity"] = (
+        Field(
+            default="tpe",
+            description="tpe: Bayesian; nsga2: accuracy and `objective` together (Pareto front); "
+            "genetic: Hu et al. GA seeded by sensitivity; random; uniform: one ratio for all; "
+            "tp_global: Torch-Pruning's global ranking; sensitivity: greedy walk down the "
+            "sensitivity curves.",
+        )
+    )
     n_trials: int = Field(default=40, ge=1, le=10_000)
+    granularity: Literal["group", "stage"] = Field(
+        default="group",
+        description="group: one ratio per channel group; stage: one per resolution stage.",
+    )
+    population: int | None = Field(
+        default=None,
+        ge=2,
+        le=1_000,
+        description="nsga2/genetic generation size; default n_trials/4 within 4..50.",
+    )
+    objective: Literal["flops_ratio", "params_ratio", "latency_ratio"] = Field(
+        default="flops_ratio",
+        description="Cost axis of the Pareto front and nsga2's second objective; "
+        "latency_ratio is measured on the worker's device.",
+    )
+    latency_batch: int = Field(
+        default=64, ge=1, le=1024, description="Batch size of the latency_ratio objective."
+    )
     min_ratio: float = Field(default=0.1, ge=0.01, le=1.0)
     round_to: int = Field(default=1, ge=1, le=64)
     operator: Literal["prune", "lowrank", "mixed"] = Field(
@@ -104,6 +130,8 @@ class SearchSpec(_Strict):
             raise ValueError("fold needs criterion similarity")
         if self.push_steps and self.criterion != "discriminant":
             raise ValueError("push_steps needs criterion discriminant")
+        if self.sampler in ("tp_global", "sensitivity") and self.operator != "prune":
+            raise ValueError(f"sampler {self.sampler} allocates channels: it needs operator prune")
         if self.masking == "dynamic" and self.operator != "prune":
             raise ValueError("masking dynamic works with operator prune only")
         if self.masking == "dynamic" and self.reconstruct:
@@ -121,6 +149,16 @@ class ScoringSpec(_Strict):
         default=0, ge=0, le=100_000, description="SGD steps before validation (mode finetune)."
     )
     distill: bool = Field(default=False, description="Distil from the baseline while fine-tuning.")
+    promote_top_k: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Ladder: the k best candidates get a short fine-tune before the winner "
+        "is chosen (0: choose by the search score alone).",
+    )
+    promote_steps: int = Field(
+        default=50, ge=1, le=100_000, description="SGD steps of the ladder's short fine-tune."
+    )
 
     @model_validator(mode="after")
     def _steps_for_finetune(self) -> Self:

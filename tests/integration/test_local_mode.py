@@ -28,7 +28,7 @@ def test_local_search_writes_a_verified_result(
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result) >= {"baseline", "best", "pareto", "timings"}
-    assert set(result["timings"]) == {"prepare_s", "search_s", "finalize_s"}
+    assert set(result["timings"]) == {"prepare_s", "search_s", "ladder_s", "finalize_s"}
     best = result["best"]
     assert best["flops"] <= 0.5 * result["baseline"]["flops"] * 1.01
     assert set(best["latency_ms"]) == {"1", "256"}

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -135,9 +136,23 @@ def test_submit_wait_with_two_workers(tmp_path: Path, stack: Stack) -> None:
     assert export.load(job_dir) is not None
 
 
+def _finished(stack: Stack, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll the job until it ends; fail with the worker logs if it did not end well."""
+    url, _, _, workers, log_dir = stack
+    deadline = time.monotonic() + timeout
+    while (job := httpx.get(f"{url}/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+            break
+        time.sleep(0.5)
+    if job["status"] != "done":
+        logs = "\n".join(p.read_text() for p in log_dir.glob("*.log"))
+        pytest.fail(f"job {job_id} {job['status']} ({job.get('error')}); worker logs:\n{logs}")
+    return job
+
+
 def test_methods_job_through_the_service(stack: Stack) -> None:
     """Criterion, reconstruction, low-rank, distillation and triage through real workers."""
-    url, env, _, workers, log_dir = stack
+    url, env, *_ = stack
     spec = tiny_spec("e2e-methods", n_trials=4).model_dump(mode="json")
     spec["search"].update(
         {
@@ -155,13 +170,7 @@ def test_methods_job_through_the_service(stack: Stack) -> None:
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
 
-    deadline = time.monotonic() + 300
-    while (job := httpx.get(f"{url}/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
-        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-            logs = "\n".join(p.read_text() for p in log_dir.glob("*.log"))
-            pytest.fail(f"job {job['status']} after 300 s or a worker died:\n{logs}")
-        time.sleep(0.5)
-    assert job["status"] == "done", job["error"]
+    _finished(stack, job_id)
 
     report = httpx.get(f"{url}/v1/jobs/{job_id}/sensitivity").json()
     assert report["curves"] and all(len(c) == 3 for c in report["curves"].values())
@@ -171,3 +180,78 @@ def test_methods_job_through_the_service(stack: Stack) -> None:
     sensitivity = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts/sensitivity.json")
     assert sensitivity.status_code == 200 and sensitivity.json() == report
     assert export.load(Path(env["PRUNESEARCH_HOME"]) / "artifacts" / job_id) is not None
+
+
+def test_nsga2_job_through_the_service(stack: Stack) -> None:
+    """nsga2 through real workers: the Pareto front is served and names the chosen network."""
+    url, env, *_ = stack
+    spec = tiny_spec("e2e-nsga2", n_trials=8, sampler="nsga2").model_dump(mode="json")
+    spec["scoring"].update({"promote_top_k": 2, "promote_steps": 5})
+    spec["final"]["finetune_epochs"] = 0.25
+    response = httpx.post(f"{url}/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+
+    _finished(stack, job_id)
+
+    result = httpx.get(f"{url}/v1/jobs/{job_id}/result").json()
+    pareto = httpx.get(f"{url}/v1/jobs/{job_id}/pareto")
+    assert pareto.status_code == 200, pareto.text
+    body = pareto.json()
+    front = body["front"]
+    assert body["objective"] == result["objective"] == "flops_ratio"
+    assert front and body["chosen"] == result["best"]["candidate_id"]
+    # nsga2 only promotes the front, so the exported network is on it.
+    assert body["chosen"] in {p["candidate_id"] for p in front}
+    assert "Pareto front" in result["ladder"]["rung1"]["pool"]
+    costs = [p["cost"] for p in front]
+    accuracies = [p["val_accuracy"] for p in front]
+    assert costs == sorted(costs) and accuracies == sorted(accuracies)
+    assert all(c <= 0.5 * 1.001 for c in costs)
+    # The live front and the one finalize wrote are the same candidates.
+    assert [p["candidate_id"] for p in front] == [p["candidate_id"] for p in result["pareto"]]
+    cands = httpx.get(f"{url}/v1/jobs/{job_id}/candidates").json()["items"]
+    assert body["candidates"] == sum(c["status"] == "complete" for c in cands)
+    promoted = 2 if result["ladder"]["rung1"]["candidates"] >= 2 else 0  # k <= 1: no rung 2
+    assert sum(c["rungs"] is not None for c in cands) == promoted
+
+    written = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts/pareto.json")
+    assert written.status_code == 200
+    assert written.headers["content-type"].startswith("application/json")
+    assert written.json() == {"objective": "flops_ratio", "front": result["pareto"]}
+    assert export.load(Path(env["PRUNESEARCH_HOME"]) / "artifacts" / job_id) is not None
+
+
+def test_other_samplers_through_the_service(stack: Stack) -> None:
+    """genetic, tp_global and sensitivity jobs, submitted together, share two real workers."""
+    url = stack[0]
+    ids: dict[str, str] = {}
+    for sampler, extra in (
+        ("genetic", {"granularity": "stage"}),
+        ("tp_global", {}),
+        ("sensitivity", {}),
+    ):
+        spec = tiny_spec(f"e2e-{sampler}", n_trials=6, sampler=sampler).model_dump(mode="json")
+        spec["search"].update(extra)
+        spec["scoring"].update({"promote_top_k": 2, "promote_steps": 5})
+        spec["final"]["finetune_epochs"] = 0.25
+        response = httpx.post(f"{url}/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        ids[sampler] = response.json()["id"]
+
+    for sampler, job_id in ids.items():
+        job = _finished(stack, job_id)
+        cands = httpx.get(f"{url}/v1/jobs/{job_id}/candidates").json()["items"]
+        assert len(cands) == 6 and all(c["status"] != "failed" for c in cands)
+        complete = [c for c in cands if c["status"] == "complete"]
+        if sampler in ("tp_global", "sensitivity"):
+            # One allocation, scored once; every other trial is the same network.
+            assert len(complete) == 1 and len({c["key"] for c in cands}) == 1
+            assert job["baseline"]["plan"]["allocation"]
+        if sampler in ("genetic", "sensitivity"):
+            curves = httpx.get(f"{url}/v1/jobs/{job_id}/sensitivity")
+            assert curves.status_code == 200 and curves.json()["curves"]
+    # Whichever worker ran them, each job's trial numbers are distinct and complete.
+    for job_id in ids.values():
+        cands = httpx.get(f"{url}/v1/jobs/{job_id}/candidates").json()["items"]
+        assert sorted(c["trial_number"] for c in cands) == list(range(6))

@@ -55,7 +55,8 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
         migrate(db_url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
-        assert set(inspect(engine).get_table_names()) == {"alembic_version", "jobs", "candidates"}
+        tables = set(inspect(engine).get_table_names())
+        assert tables == {"alembic_version", "jobs", "candidates", "latencies"}
     finally:
         engine.dispose()
     assert _diff(db_url) == []

@@ -261,6 +261,19 @@ def test_find_scored_by_key(session: Session) -> None:
     assert repo.find_scored_by_key(session, job.id, "k3") is None  # another job's
 
 
+def test_find_running_by_key_sees_only_earlier_rows(session: Session) -> None:
+    """Of two trials of one network, the later one finds the earlier one, never the reverse."""
+    job = repo.create_job(session, _spec(), "interactive")
+    first = repo.add_candidate(session, job.id, **_candidate(0, key="k1"))
+    second = repo.add_candidate(session, job.id, **_candidate(1, key="k1"))
+    assert repo.find_running_by_key(session, job.id, "k1", before=first.id) is None
+    found = repo.find_running_by_key(session, job.id, "k1", before=second.id)
+    assert found is not None and found.id == first.id
+    repo.finish_candidate(session, first.id, score=0.5, accuracy=0.5)
+    assert repo.find_running_by_key(session, job.id, "k1", before=second.id) is None
+    assert repo.find_running_by_key(session, job.id, "k2", before=second.id + 1) is None
+
+
 def test_concurrent_sessions_only_one_transition_wins(db_url: str) -> None:
     """Two workers finishing the search at once: exactly one moves the job on."""
     from service.db.session import migrate

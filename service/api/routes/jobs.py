@@ -11,10 +11,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
+from search import Point, pareto_front
 from service.api.deps import RedisDep, SessionDep, SettingsDep
-from service.api.schemas import BaseCosts, CandidatePublic, JobPublic, Page
+from service.api.schemas import (
+    BaseCosts,
+    CandidatePublic,
+    JobPublic,
+    Page,
+    ParetoPoint,
+    ParetoPublic,
+)
 from service.db import repo
-from service.db.models import JobStatus
+from service.db.models import CandidateStatus, JobStatus
 from service.db.spec import JobSpec
 from service.errors import ArtifactNotFound, QueueUnavailable, ResultNotReady, TriageNotReady
 from service.queue import INTERACTIVE, enqueue_job, ensure_available
@@ -29,6 +37,7 @@ ARTIFACTS: dict[str, str] = {
     "model.onnx": "application/octet-stream",
     "baseline.safetensors": "application/octet-stream",
     "sensitivity.json": "application/json",
+    "pareto.json": "application/json",
 }
 
 
@@ -117,6 +126,29 @@ def get_sensitivity(job_id: str, session: SessionDep) -> dict[str, Any]:
         reason = f"it is {job.status.value}" if wanted else "its spec has no triage: true"
         raise TriageNotReady(f"job {job_id!r} has no triage report: {reason}")
     return job.triage
+
+
+@router.get("/{job_id}/pareto", response_model=ParetoPublic)
+def get_pareto(job_id: str, session: SessionDep) -> ParetoPublic:
+    """The Pareto front so far: validation accuracy against the job's objective.
+
+    Computed from the stored candidates, so it grows while the search runs
+    and is the same front ``finalize`` writes to ``pareto.json``.
+    """
+    job = repo.get_job(session, job_id)
+    objective = str(job.spec.get("search", {}).get("objective", "flops_ratio"))
+    rows = repo.list_candidates(session, job_id, limit=100_000, offset=0)
+    scored = {
+        c.id: ParetoPoint.of(c, objective)
+        for c in rows
+        if c.status == CandidateStatus.complete
+        and c.accuracy is not None
+        and (c.objectives or {}).get(objective) is not None
+    }
+    points = [Point(i, p.val_accuracy, p.cost) for i, p in scored.items()]
+    front = [scored[p.id] for p in pareto_front(points)]
+    chosen = (job.result or {}).get("best", {}).get("candidate_id")
+    return ParetoPublic(objective=objective, candidates=len(scored), front=front, chosen=chosen)
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
