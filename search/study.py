@@ -8,6 +8,7 @@ short transactions; everything slow happens between them, in the worker.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from search.errors import SearchError
 from search.genetic import SEEDS_KEY
@@ -41,19 +43,30 @@ class Proposal:
 
 
 _storages: dict[str, RDBStorage] = {}
+OPEN_ATTEMPTS = 5
 
 
 def storage(url: str) -> RDBStorage:
     """One RDB storage per URL and process (it owns a connection pool).
 
     SQLite gets a long busy timeout because several local worker processes
-    may write the same file.
+    may write the same file. The first processes to open a fresh database
+    race to stamp Optuna's schema version (the API creating a study while a
+    worker prefetches); the loser sees a unique-constraint error, so opening
+    is retried: the second attempt finds the schema in place.
     """
     if url not in _storages:
         kwargs: dict[str, object] = {}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 60}}
-        _storages[url] = RDBStorage(url, engine_kwargs=kwargs)
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                _storages[url] = RDBStorage(url, engine_kwargs=kwargs)
+                break
+            except (IntegrityError, OperationalError):
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     return _storages[url]
 
 
