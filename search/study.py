@@ -192,3 +192,12 @@ def tell(job_id: str, url: str, number: int, values: float | Sequence[float] | N
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     else:
         study.tell(number, values, skip_if_finished=True)
+
+
+def delete_study(job_id: str, url: str) -> bool:
+    """Remove the job's study and its trials; False when there was none."""
+    try:
+        optuna.delete_study(study_name=study_name(job_id), storage=storage(url))
+    except KeyError:
+        return False
+    return True

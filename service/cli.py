@@ -9,6 +9,7 @@ so ``prunesearch --help`` and ``submit`` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import ValidationError
 from service.db.spec import JobSpec
 
 TERMINAL = ("done", "failed", "cancelled")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def load_spec(path: Path) -> JobSpec:
@@ -57,8 +60,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.settings import Settings
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    settings = Settings()
+    if settings.auth == "none" and args.host not in LOOPBACK:
+        raise SystemExit(
+            f"refusing to serve {args.host} without API keys (PRUNESEARCH_AUTH=none): "
+            "keyless mode is for one user on loopback only"
+        )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 
 
@@ -71,15 +81,55 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Administer API keys directly in the service's database (run it where the API runs)."""
+    from service.db import keys
+    from service.db.session import migrate, session_factory
+    from service.settings import Settings
+
+    settings = Settings()
+    migrate(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        if args.action == "create":
+            row, new = keys.create_key(session, args.owner)
+            print(f"created key {row.id} ({new.prefix}...) for {row.owner}; it is shown only once:")
+            print(new.plain)
+        elif args.action == "list":
+            for row in keys.list_keys(session, args.owner):
+                state = "revoked" if row.revoked_at else "active"
+                print(f"{row.id}  {row.prefix}...  {row.owner}  {row.created_at:%Y-%m-%d}  {state}")
+        else:
+            row = keys.revoke_key(session, args.key_id)
+            print(f"revoked key {row.id} ({row.prefix}...) of {row.owner}")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
     import httpx
 
-    spec = load_spec(args.spec)
-    with httpx.Client(base_url=args.url, timeout=30) as client:
-        resp = client.post(
-            "/v1/jobs", json=spec.model_dump(mode="json"), params={"queue": args.queue}
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    return httpx.Client(base_url=args.url, timeout=30, headers=headers)
+
+
+def _check(resp: Any, expected: int = 200) -> Any:
+    if resp.status_code != expected:
+        raise SystemExit(
+            f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {resp.text}"
         )
-        if resp.status_code != 201:
+    return resp.json() if resp.content else None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    with _client(args) as client:
+        resp = client.post(
+            "/v1/jobs",
+            json=spec.model_dump(mode="json"),
+            params={"queue": args.queue},
+            headers=headers,
+        )
+        if resp.status_code not in (200, 201):
             print(f"rejected ({resp.status_code}): {resp.text}", file=sys.stderr)
             return 1
         job = resp.json()
@@ -101,19 +151,110 @@ def _wait(client: Any, job_id: str) -> dict[str, Any]:
 
     bar = tqdm(total=None, desc="queued", unit="trial")
     while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        job = _check(client.get(f"/v1/jobs/{job_id}"))
         progress = job.get("progress") or {}
         bar.total = progress.get("total")
         bar.n = progress.get("done", 0)
         bar.set_description(job["status"])
         best = job.get("best")
         if best and best.get("accuracy") is not None:
-            bar.set_postfix(best_val_acc=f"{best['accuracy']:.4f}")
+            bar.set_postfix(
+                best_val_acc=f"{best['accuracy']:.4f}",
+                flops=f"{best['flops_ratio'] or 0:.3f}x",
+                trial=best["trial_number"],
+            )
         bar.refresh()
         if job["status"] in TERMINAL:
             bar.close()
             return job
         time.sleep(1.0)
+
+
+def _row(job: dict[str, Any]) -> str:
+    best = job.get("best") or {}
+    acc = f"{best['accuracy']:.4f}" if best.get("accuracy") is not None else "-"
+    done, total = job["progress"]["done"], job["progress"]["total"]
+    return (
+        f"{job['id']}  {job['status']:<10}  {done:>4}/{total:<4}  {acc:>7}  "
+        f"{job['queue']:<11}  {job['name']}"
+    )
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    with _client(args) as client:
+        page = _check(client.get("/v1/jobs", params=params))
+    print(f"{'id':<32}  {'status':<10}  {'trials':>9}  {'best':>7}  {'queue':<11}  name")
+    for job in page["items"]:
+        print(_row(job))
+    print(f"{len(page['items'])} of {page['total']} jobs")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _check(client.get(f"/v1/jobs/{args.job_id}"))
+        print(_row(job))
+        if job.get("error"):
+            print(f"error: {job['error']}")
+        base = job.get("baseline") or {}
+        if base.get("accuracy") is not None:
+            print(f"baseline: test accuracy {base['accuracy']:.4f}")
+        cands = _check(
+            client.get(f"/v1/jobs/{args.job_id}/candidates", params={"order": "score", "limit": 5})
+        )
+        print(f"top candidates (of {cands['total']}):")
+        for c in cands["items"]:
+            acc = f"{c['accuracy']:.4f}" if c["accuracy"] is not None else "-"
+            print(
+                f"  #{c['trial_number']:<4} {c['status']:<9} val acc {acc}  "
+                f"FLOPs {c['flops_ratio'] or 0:.3f}x  params {c['params_ratio'] or 0:.3f}x"
+            )
+        if job.get("has_result"):
+            from service.local import summary
+
+            print(summary(_check(client.get(f"/v1/jobs/{args.job_id}/result"))))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        body = _check(client.post(f"/v1/jobs/{args.job_id}/cancel"))
+    print(
+        f"job {body['job']['id']} {body['job']['status']}; "
+        f"{body['dropped_tasks']} queued tasks dropped"
+    )
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    try:
+        body = yaml.safe_load(args.file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"cannot read {args.file}: {exc}") from exc
+    with _client(args) as client:
+        resp = client.post("/v1/batches", json=body)
+        if resp.status_code != 201:
+            print(f"rejected ({resp.status_code}): {resp.text}", file=sys.stderr)
+            return 1
+        batch = resp.json()
+        print(f"submitted batch {batch['id']} with {len(batch['jobs'])} jobs (overnight queue)")
+        while args.wait and batch["status"] != "done":
+            time.sleep(2.0)
+            batch = _check(client.get(f"/v1/batches/{batch['id']}"))
+        for job in batch["jobs"]:
+            acc = (
+                job["test_accuracy"]
+                if job["test_accuracy"] is not None
+                else job["best_val_accuracy"]
+            )
+            print(
+                f"{job['id']}  {job['status']:<10}  {acc if acc is None else round(acc, 4)}  "
+                f"{job['name']}"
+            )
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -155,12 +296,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("submit", help="submit a JobSpec to a running service")
+    p = sub.add_parser("keys", help="create, list or revoke API keys (on the server)")
+    keys_sub = p.add_subparsers(dest="action", required=True)
+    k = keys_sub.add_parser("create", help="make a key for an owner; printed once")
+    k.add_argument("--owner", required=True)
+    k = keys_sub.add_parser("list", help="list keys (prefixes only)")
+    k.add_argument("--owner", default=None)
+    k = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
+    k.add_argument("key_id")
+    p.set_defaults(func=cmd_keys)
+
+    def client_parser(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--url", default=os.environ.get("PRUNESEARCH_URL", DEFAULT_URL))
+        c.add_argument(
+            "--key",
+            default=os.environ.get("PRUNESEARCH_API_KEY"),
+            help="API key (default $PRUNESEARCH_API_KEY)",
+        )
+        return c
+
+    p = client_parser("submit", "submit a JobSpec to a running service")
     p.add_argument("spec", type=Path)
-    p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--queue", default="interactive", choices=["interactive", "overnight"])
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    p.add_argument("--idempotency-key", default=None, help="resubmitting returns the first job")
     p.set_defaults(func=cmd_submit)
+
+    p = client_parser("jobs", "list your jobs")
+    p.add_argument("--status", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_jobs)
+
+    p = client_parser("show", "one job: state, top candidates, result")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_show)
+
+    p = client_parser("cancel", "cancel a job (what it found stays readable)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = client_parser("batch", "submit a batch file (list of specs or base + grid)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--wait", action="store_true", help="wait until every job has ended")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

@@ -64,3 +64,11 @@ class DuplicateCandidate(ServiceError):
 
 class QueueUnavailable(ServiceError):
     """Redis cannot be reached, so no work can be queued."""
+
+
+class Conflict(ServiceError):
+    """The request cannot be done in the object's current state (HTTP 409)."""
+
+
+class IdempotencyConflict(Conflict):
+    """An ``Idempotency-Key`` reused with a different request body."""

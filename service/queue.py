@@ -133,3 +133,51 @@ def enqueue_job(redis: Redis, job_id: str, n_trials: int, queue_name: str = INTE
             pipe.execute()
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"cannot queue job {job_id}: {exc}") from exc
+
+
+def _fetch(redis: Redis, job_id: str, n_trials: int) -> list[RQJob]:
+    prepare_id, trial_ids, finalize_id = task_ids(job_id, n_trials)
+    found = RQJob.fetch_many(
+        [prepare_id, *trial_ids, finalize_id], connection=redis, serializer=JSONSerializer
+    )
+    return [job for job in found if job is not None]
+
+
+def cancel_tasks(redis: Redis, job_id: str, n_trials: int) -> int:
+    """Drop the search's tasks that have not started; returns how many were dropped.
+
+    Queued and deferred tasks are cancelled without enqueueing their
+    dependents, so neither more trials nor ``finalize`` run. A task already
+    running is left to finish: it finds the job cancelled and writes what it
+    has (a trial's candidate) or stops (``prepare``, ``finalize``).
+
+    Raises:
+        QueueUnavailable: Redis could not be reached.
+    """
+    waiting = {RQJobStatus.QUEUED, RQJobStatus.DEFERRED, RQJobStatus.SCHEDULED}
+    try:
+        dropped = 0
+        for job in _fetch(redis, job_id, n_trials):
+            if job.get_status(refresh=False) in waiting:
+                job.cancel()
+                dropped += 1
+        return dropped
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot cancel the tasks of job {job_id}: {exc}") from exc
+
+
+def delete_tasks(redis: Redis, job_id: str, n_trials: int) -> None:
+    """Remove every RQ record of a finished search (its tasks no longer run)."""
+    try:
+        for job in _fetch(redis, job_id, n_trials):
+            job.delete(remove_from_queue=True)
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot delete the tasks of job {job_id}: {exc}") from exc
+
+
+def queue_depths(redis: Redis) -> dict[str, int]:
+    """Tasks waiting in each queue (the ``/metrics`` queue-depth gauge)."""
+    try:
+        return {name: get_queue(redis, name).count for name in QUEUE_NAMES}
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot read the queues: {exc}") from exc

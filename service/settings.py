@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     data_dir: Path | None = None
     device: str = "cpu"
+    # "keys": every request needs an API key (``prunesearch keys create``);
+    # "none": one implicit owner, for a single user on loopback only.
+    auth: Literal["keys", "none"] = "keys"
+    # Largest accepted weights upload (POST /v1/weights).
+    max_upload_mb: int = 512
     # Trained baselines keyed by everything that determines them (model, data,
     # training recipe, seed, device kind): a batch of jobs on one model trains
     # it once. Off unless set (PRUNESEARCH_BASELINE_CACHE).

@@ -71,7 +71,12 @@ def _fail(job_id: str, settings: Settings, stage: str, exc: BaseException) -> No
     log.error("job %s failed in %s:\n%s", job_id, stage, traceback.format_exc())
     with _session(settings) as s:
         active = {JobStatus.queued, JobStatus.preparing, JobStatus.searching, JobStatus.finalizing}
-        repo.transition(s, job_id, JobStatus.failed, allowed_from=active, error=f"{stage}: {exc}")
+        try:
+            repo.transition(
+                s, job_id, JobStatus.failed, allowed_from=active, error=f"{stage}: {exc}"
+            )
+        except InvalidTransition:  # cancelled while this stage ran: cancelled it stays
+            log.warning("job %s ended meanwhile; %s's failure not recorded", job_id, stage)
 
 
 def _now() -> str:

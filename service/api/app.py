@@ -14,9 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.api.routes import health, jobs
+from service.api.routes import batches, health, jobs
 from service.db.session import migrate
 from service.errors import (
+    Conflict,
     DuplicateCandidate,
     InvalidTransition,
     NotFound,
@@ -30,6 +31,7 @@ STATUS_CODES: tuple[tuple[type[ServiceError], int], ...] = (
     (NotFound, 404),
     (InvalidTransition, 409),
     (DuplicateCandidate, 409),
+    (Conflict, 409),
     (QueueUnavailable, 503),
 )
 
@@ -70,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     return app

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, a database session, the Redis connection.
+"""FastAPI dependencies: settings, a database session, the Redis connection, the owner.
 
 Each is a small function so that a test can replace it with
 ``app.dependency_overrides``; the settings default to the ones the app was
@@ -11,10 +11,13 @@ import functools
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from sqlalchemy.orm import Session
 
+from service.db import keys
+from service.db.models import LOCAL_OWNER
 from service.db.session import session_factory
 from service.queue import redis_from_url
 from service.settings import Settings
@@ -50,3 +53,33 @@ def get_redis(settings: SettingsDep) -> Redis:
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `prunesearch keys create`.")
+
+
+def get_owner(
+    settings: SettingsDep,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Who is asking: the owner of the Bearer key, or ``local`` when auth is off.
+
+    Raises 401 (with ``WWW-Authenticate: Bearer``) for a missing, malformed,
+    unknown or revoked key; the reason is the same for all of them.
+    """
+    if settings.auth == "none":
+        return LOCAL_OWNER
+    owner = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        owner = keys.owner_of(session, credentials.credentials)
+    if owner is None:
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]

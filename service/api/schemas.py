@@ -78,11 +78,30 @@ class BestPublic(BaseModel):
     ratios: list[float]
 
 
+class GroupPublic(BaseModel):
+    """A prunable channel group, in the order of every candidate's ``counts`` and ``ratios``."""
+
+    name: str
+    channels: int
+    stage: int
+
+    @classmethod
+    def all_of(cls, job: Job) -> list[GroupPublic]:
+        groups = (job.profile or {}).get("groups") or []
+        return [
+            cls(name=str(g["name"]), channels=int(g["channels"]), stage=int(g.get("stage", 0)))
+            for g in groups
+        ]
+
+
 class JobPublic(BaseModel):
     id: str
     name: str
     status: JobStatus
-    queue: str
+    queue: str = Field(description="Priority: interactive (served first) or overnight.")
+    owner: str
+    batch_id: str | None
+    groups: list[GroupPublic] = Field(description="Prunable channel groups; empty until prepared.")
     n_trials: int
     error: str | None
     progress: Progress
@@ -117,6 +136,9 @@ class JobPublic(BaseModel):
             name=job.name,
             status=job.status,
             queue=job.queue,
+            owner=job.owner,
+            batch_id=job.batch_id,
+            groups=GroupPublic.all_of(job),
             n_trials=job.n_trials,
             error=job.error,
             progress=Progress(done=progress[0], total=progress[1]),
@@ -230,3 +252,65 @@ class Health(BaseModel):
     status: str
     database: str
     redis: str
+
+
+class CancelPublic(BaseModel):
+    job: JobPublic
+    dropped_tasks: int = Field(description="Queued tasks removed from the queue.")
+
+
+class BatchJobPublic(BaseModel):
+    """One job of a batch, with what the batch summary compares."""
+
+    id: str
+    name: str
+    status: JobStatus
+    progress: Progress
+    sampler: str
+    flops_target: float | None
+    params_target: float | None
+    best_val_accuracy: float | None = Field(description="Best search score so far (validation).")
+    test_accuracy: float | None = Field(description="The exported network's, once done.")
+    baseline_accuracy: float | None
+    flops_ratio: float | None
+    params_ratio: float | None
+    speedup: float | None = Field(description="Baseline / pruned latency at the largest batch.")
+    error: str | None
+
+    @classmethod
+    def of(cls, job: Job, progress: tuple[int, int], best: Candidate | None) -> BatchJobPublic:
+        spec, result = job.spec, job.result or {}
+        final, base = result.get("best") or {}, result.get("baseline") or job.baseline or {}
+        speedup = None
+        if final.get("latency_ms") and base.get("latency_ms"):
+            batch = max(final["latency_ms"], key=int)
+            speedup = base["latency_ms"][batch] / final["latency_ms"][batch]
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            progress=Progress(done=progress[0], total=progress[1]),
+            sampler=str(spec.get("search", {}).get("sampler")),
+            flops_target=spec.get("target", {}).get("flops_ratio"),
+            params_target=spec.get("target", {}).get("params_ratio"),
+            best_val_accuracy=best.accuracy if best is not None else None,
+            test_accuracy=final.get("accuracy"),
+            baseline_accuracy=base.get("accuracy"),
+            flops_ratio=final.get("flops_ratio"),
+            params_ratio=final.get("params_ratio"),
+            speedup=speedup,
+            error=job.error,
+        )
+
+
+class BatchPublic(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    status: str = Field(description="running until every job has ended, then done.")
+    states: dict[str, int] = Field(description="How many of its jobs are in each state.")
+    jobs: list[BatchJobPublic] = Field(description="In submission order.")
+    ranking: list[str] = Field(
+        description="Job ids, best first: finished jobs by test accuracy, then the rest "
+        "by best validation score."
+    )

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -50,8 +50,59 @@ class CandidateStatus(enum.StrEnum):
     failed = "failed"
 
 
+LOCAL_OWNER = "local"  # the one owner when the service runs without keys (auth = none)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 digest is kept, the key is shown once.
+
+    Keys are 256-bit random tokens, so a fast hash is enough (nothing to
+    brute-force); ``prefix`` lets an owner tell their keys apart.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Upload(Base):
+    """Weights a user uploaded (safetensors), checked against a zoo architecture."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    arch: Mapped[str] = mapped_column(String(200))
+    arch_kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, doc="in_channels, num_classes, ...")
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    tensors: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Batch(Base):
+    """A set of jobs submitted together (a list of specs or a grid) for the overnight queue."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, doc="the submitted list or grid")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(passive_deletes=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_idempotency", "owner", "idempotency_key", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(100))
@@ -61,6 +112,16 @@ class Job(Base):
         index=True,
     )
     queue: Mapped[str] = mapped_column(String(32), default="interactive")
+    owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, index=True)
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(200), default=None, doc="the client's Idempotency-Key header, scoped to the owner"
+    )
+    request_hash: Mapped[str | None] = mapped_column(
+        String(64), default=None, doc="hash of the submitted spec, to tell a replay from a reuse"
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     n_trials: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -11,13 +11,22 @@ back usable after the commit (the session factories do not expire them).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import Candidate, CandidateStatus, Job, JobStatus, Latency, utcnow
+from service.db.models import (
+    LOCAL_OWNER,
+    Candidate,
+    CandidateStatus,
+    Job,
+    JobStatus,
+    Latency,
+    utcnow,
+)
 from service.db.spec import JobSpec
 from service.errors import (
     CandidateNotFound,
@@ -43,8 +52,22 @@ def _check_fields(fields: dict[str, Any], allowed: frozenset[str], what: str) ->
 # --- jobs -----------------------------------------------------------------------------------
 
 
-def create_job(session: Session, spec: JobSpec, queue: str) -> Job:
-    """Store a new job in state ``queued`` with its validated spec."""
+def create_job(
+    session: Session,
+    spec: JobSpec,
+    queue: str,
+    *,
+    owner: str = LOCAL_OWNER,
+    batch_id: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    commit: bool = True,
+) -> Job:
+    """Store a new job in state ``queued`` with its validated spec.
+
+    ``commit=False`` leaves it to the caller, so a batch's jobs are created
+    all together or not at all.
+    """
     job = Job(
         name=spec.name,
         status=JobStatus.queued,
@@ -52,40 +75,66 @@ def create_job(session: Session, spec: JobSpec, queue: str) -> Job:
         spec=spec.model_dump(mode="json"),
         n_trials=spec.search.n_trials,
         timings={},
+        owner=owner,
+        batch_id=batch_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(job)
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    """The job with this id; raises :class:`JobNotFound`."""
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
+    """The job with this id (of ``owner``, when given); raises :class:`JobNotFound`.
+
+    Another owner's job is reported exactly like a missing one, so ids
+    cannot be probed.
+    """
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner is not None and job.owner != owner):
         raise JobNotFound(job_id)
     return job
 
 
+def find_idempotent(session: Session, owner: str, key: str) -> Job | None:
+    """The owner's job submitted earlier with this ``Idempotency-Key``, if any."""
+    stmt = select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+    return session.scalars(stmt).first()
+
+
+def _jobs_where(stmt: Any, owner: str | None, status: JobStatus | None) -> Any:
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return stmt
+
+
 def list_jobs(
-    session: Session, *, limit: int, offset: int, status: JobStatus | None = None
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    status: JobStatus | None = None,
+    owner: str | None = None,
 ) -> list[Job]:
-    """Jobs, newest first."""
+    """Jobs (of ``owner``, when given), newest first."""
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
-    return list(session.scalars(stmt))
+    return list(session.scalars(_jobs_where(stmt, owner, status)))
 
 
-def count_jobs(session: Session, status: JobStatus | None = None) -> int:
-    """How many jobs there are (in ``status``, when given)."""
+def count_jobs(session: Session, status: JobStatus | None = None, owner: str | None = None) -> int:
+    """How many jobs there are (of ``owner`` and in ``status``, when given)."""
     stmt = select(func.count()).select_from(Job)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
-    return int(session.scalar(stmt) or 0)
+    return int(session.scalar(_jobs_where(stmt, owner, status)) or 0)
 
 
 def delete_job(session: Session, job_id: str) -> None:
-    """Remove a job and its candidates (used to undo a job that could not be queued)."""
+    """Remove a job and its candidates."""
     session.execute(delete(Candidate).where(Candidate.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
     session.commit()
@@ -255,32 +304,77 @@ def find_running_by_key(
     return session.scalars(stmt).first()
 
 
+# Sort keys of the candidates list; a leading "-" in the request means descending.
+CANDIDATE_SORTS = {
+    "trial": Candidate.trial_number,
+    "score": Candidate.score,
+    "accuracy": Candidate.accuracy,
+    "flops": Candidate.flops,
+    "params": Candidate.params,
+    "started": Candidate.started_at,
+}
+
+
+@dataclass(frozen=True)
+class CandidateFilter:
+    """Which of a job's candidates a list shows; ``None`` fields do not filter."""
+
+    statuses: tuple[CandidateStatus, ...] | None = None
+    min_accuracy: float | None = None
+    max_flops: float | None = None
+    max_params: float | None = None
+    worker: str | None = None
+
+    def apply(self, stmt: Any) -> Any:
+        if self.statuses is not None:
+            stmt = stmt.where(Candidate.status.in_(list(self.statuses)))
+        if self.min_accuracy is not None:
+            stmt = stmt.where(Candidate.accuracy >= self.min_accuracy)
+        if self.max_flops is not None:
+            stmt = stmt.where(Candidate.flops <= self.max_flops)
+        if self.max_params is not None:
+            stmt = stmt.where(Candidate.params <= self.max_params)
+        if self.worker is not None:
+            stmt = stmt.where(Candidate.worker == self.worker)
+        return stmt
+
+
 def list_candidates(
     session: Session,
     job_id: str,
     *,
     limit: int,
     offset: int,
-    order_by: Literal["trial", "score"] = "trial",
+    order_by: str = "trial",
+    where: CandidateFilter | None = None,
 ) -> list[Candidate]:
-    """A page of the job's candidates, by trial number or best score first (unscored last)."""
+    """A page of the job's candidates.
+
+    ``order_by`` is a key of :data:`CANDIDATE_SORTS`, ``-`` first for
+    descending; ``score`` alone means best first (the API's old meaning).
+    Unscored candidates sort last either way; ties go by trial number.
+    """
+    descending = order_by.startswith("-") or order_by == "score"
+    column = CANDIDATE_SORTS.get(order_by.lstrip("-"))
+    if column is None:
+        raise ValueError(f"order_by must be one of {sorted(CANDIDATE_SORTS)}, not {order_by!r}")
+    key = column.desc().nulls_last() if descending else column.asc().nulls_last()
     stmt = select(Candidate).where(Candidate.job_id == job_id)
-    if order_by == "score":
-        stmt = stmt.order_by(Candidate.score.desc().nulls_last(), Candidate.trial_number)
-    elif order_by == "trial":
-        stmt = stmt.order_by(Candidate.trial_number)
-    else:
-        raise ValueError(f"order_by must be 'trial' or 'score', not {order_by!r}")
+    stmt = (where or CandidateFilter()).apply(stmt).order_by(key, Candidate.trial_number)
     return list(session.scalars(stmt.limit(limit).offset(offset)))
 
 
 def count_candidates(
-    session: Session, job_id: str, statuses: Iterable[CandidateStatus] | None = None
+    session: Session,
+    job_id: str,
+    statuses: Iterable[CandidateStatus] | None = None,
+    where: CandidateFilter | None = None,
 ) -> int:
-    """How many candidates the job has (in one of ``statuses``, when given)."""
+    """How many candidates the job has (in one of ``statuses`` and matching ``where``)."""
     stmt = select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)
     if statuses is not None:
         stmt = stmt.where(Candidate.status.in_(list(statuses)))
+    stmt = (where or CandidateFilter()).apply(stmt)
     return int(session.scalar(stmt) or 0)
 
 

@@ -9,11 +9,13 @@ reached or started the PostgreSQL variants fail, unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -122,3 +124,24 @@ def redis_url(redis_base_url: str) -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+def add_key(database_url: str, owner: str) -> dict[str, str]:
+    """Authorization headers of a new API key for ``owner`` (the schema must be migrated)."""
+    from service.db import keys
+
+    with session_factory(database_url)() as s:
+        _, new = keys.create_key(s, owner)
+    return {"Authorization": f"Bearer {new.plain}"}
+
+
+@contextlib.contextmanager
+def keyed_client(settings: Any, owner: str = "alice") -> Iterator[Any]:
+    """A TestClient of a fresh app that sends an API key of ``owner`` on every request."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        client.headers.update(add_key(settings.database_url, owner))
+        yield client

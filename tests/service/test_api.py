@@ -15,13 +15,13 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from service.api.app import create_app
 from service.db import repo
 from service.db.models import CandidateStatus, JobStatus
 from service.db.session import session_factory
 from service.db.spec import JobSpec
 from service.queue import get_queue, task_ids
 from service.settings import Settings
+from tests.service.conftest import keyed_client
 from tests.support import free_port
 
 SPEC: dict[str, Any] = {
@@ -58,7 +58,7 @@ def settings(tmp_path: Path, db_url: str, redis_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with keyed_client(settings) as c:
         yield c
 
 
@@ -84,7 +84,7 @@ def _make_job(settings: Settings, n_trials: int = 3) -> str:
 
     spec = JobSpec.model_validate(_with("search.n_trials", n_trials))
     with session_factory(settings.database_url)() as s:
-        return repo.create_job(s, spec, "interactive").id
+        return repo.create_job(s, spec, "interactive", owner="alice").id
 
 
 # --- POST /v1/jobs ------------------------------------------------------------------------
@@ -194,14 +194,15 @@ def test_bad_queue_is_422(client: TestClient, settings: Settings, redis: Redis) 
 
 def test_redis_down_is_503_and_keeps_no_row(tmp_path: Path, db_url: str) -> None:
     settings = _settings(tmp_path, db_url, f"redis://127.0.0.1:{free_port()}/0")
-    with TestClient(create_app(settings)) as client:
+    with keyed_client(settings) as client:
         response = client.post("/v1/jobs", json=SPEC)
         assert response.status_code == 503, response.text
         assert "Redis" in response.json()["detail"]
         assert _job_count(settings) == 0
-        health = client.get("/healthz")
-        assert health.status_code == 503
-        assert health.json()["redis"] == "unreachable"
+        assert client.get("/healthz").status_code == 200  # alive, but not ready
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["redis"] == "unreachable"
 
 
 def test_failed_enqueue_deletes_the_row(
@@ -367,7 +368,7 @@ def test_sensitivity_is_404_until_triage_is_written(client: TestClient, settings
 
     spec = JobSpec.model_validate({**_with("search.n_trials", 3), "triage": True})
     with session_factory(settings.database_url)() as s:
-        job_id = repo.create_job(s, spec, "interactive").id
+        job_id = repo.create_job(s, spec, "interactive", owner="alice").id
     assert "it is queued" in client.get(f"/v1/jobs/{job_id}/sensitivity").json()["detail"]
     report = {"curves": {"conv1": [[0.1, 0.2], [0.9, 0.8]]}, "blocks": []}
     with session_factory(settings.database_url)() as s:
@@ -407,9 +408,10 @@ def test_artifacts_allow_list(client: TestClient, settings: Settings) -> None:
 
 
 def test_healthz_and_openapi(client: TestClient) -> None:
-    health = client.get("/healthz")
-    assert health.status_code == 200
-    assert health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
     schema = client.get("/openapi.json").json()
     assert {
         "/v1/jobs",
@@ -418,5 +420,10 @@ def test_healthz_and_openapi(client: TestClient) -> None:
         "/v1/jobs/{job_id}/result",
         "/v1/jobs/{job_id}/sensitivity",
         "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
         "/healthz",
+        "/readyz",
+        "/metrics",
     } <= set(schema["paths"])

@@ -56,7 +56,15 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
         tables = set(inspect(engine).get_table_names())
-        assert tables == {"alembic_version", "jobs", "candidates", "latencies"}
+        assert tables == {
+            "alembic_version",
+            "jobs",
+            "candidates",
+            "latencies",
+            "api_keys",
+            "uploads",
+            "batches",
+        }
     finally:
         engine.dispose()
     assert _diff(db_url) == []

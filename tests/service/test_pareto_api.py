@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from service.api.app import create_app
 from service.db import repo
 from service.db.models import CandidateStatus
 from service.db.session import session_factory
 from service.db.spec import JobSpec
 from service.settings import Settings
+from tests.service.conftest import keyed_client
 
 SPEC: dict[str, Any] = {
     "name": "pareto",
@@ -56,7 +56,7 @@ def settings(tmp_path: Path, db_url: str, redis_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with keyed_client(settings) as c:
         yield c
 
 
@@ -65,7 +65,7 @@ def _job_with_candidates(settings: Settings, objective: str) -> tuple[str, dict[
     spec = JobSpec.model_validate(_spec(objective=objective))
     ids: dict[str, int] = {}
     with session_factory(settings.database_url)() as s:
-        job_id = repo.create_job(s, spec, "interactive").id
+        job_id = repo.create_job(s, spec, "interactive", owner="alice").id
         for trial, (name, (status, accuracy, flops, params)) in enumerate(CANDIDATES.items()):
             cand = repo.add_candidate(
                 s,
@@ -122,7 +122,7 @@ def test_pareto_of_a_job_without_candidates_and_of_no_job(
     client: TestClient, settings: Settings
 ) -> None:
     with session_factory(settings.database_url)() as s:
-        job_id = repo.create_job(s, JobSpec.model_validate(SPEC), "interactive").id
+        job_id = repo.create_job(s, JobSpec.model_validate(SPEC), "interactive", owner="alice").id
     body = client.get(f"/v1/jobs/{job_id}/pareto").json()
     assert body == {"objective": "flops_ratio", "candidates": 0, "front": [], "chosen": None}
     response = client.get("/v1/jobs/nope/pareto")

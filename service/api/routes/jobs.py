@@ -1,32 +1,49 @@
-"""``/v1/jobs``: submit a search job, follow it, read its candidates and results.
+"""``/v1/jobs``: submit, follow, cancel and delete search jobs; read their results.
 
 Routes stay thin: validation is the JobSpec's, rules are the repositories',
 and service errors become HTTP codes in one place (``service.api.app``).
+Every route is scoped to the caller (:data:`~service.api.deps.OwnerDep`):
+another owner's job is a 404, exactly like a missing one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.exc import IntegrityError
 
 from search import Point, pareto_front
-from service.api.deps import RedisDep, SessionDep, SettingsDep
+from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import (
     BaseCosts,
+    CancelPublic,
     CandidatePublic,
     JobPublic,
     Page,
     ParetoPoint,
     ParetoPublic,
 )
+from service.cleanup import purge_job
 from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
+from service.db.models import TERMINAL, CandidateStatus, Job, JobStatus
 from service.db.spec import JobSpec
-from service.errors import ArtifactNotFound, QueueUnavailable, ResultNotReady, TriageNotReady
-from service.queue import INTERACTIVE, enqueue_job, ensure_available
+from service.errors import (
+    ArtifactNotFound,
+    IdempotencyConflict,
+    InvalidTransition,
+    QueueUnavailable,
+    ResultNotReady,
+    TriageNotReady,
+)
+from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 
+# WEIGHTS-HOOK from service.uploads import check_job_weights
+
+Priority = Literal["interactive", "overnight"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # Served by name only: a name outside this list is a 404 whatever is on disk.
@@ -41,9 +58,26 @@ ARTIFACTS: dict[str, str] = {
 }
 
 
-def _job_public(session: SessionDep, job_id: str) -> JobPublic:
-    job = repo.get_job(session, job_id)
-    return JobPublic.of(job, repo.progress(session, job_id), repo.best_candidate(session, job_id))
+def _job_public(session: SessionDep, job: Job) -> JobPublic:
+    return JobPublic.of(job, repo.progress(session, job.id), repo.best_candidate(session, job.id))
+
+
+def request_hash(spec: JobSpec, queue: str) -> str:
+    """What an ``Idempotency-Key`` is bound to: the validated spec and the queue."""
+    body = json.dumps([spec.model_dump(mode="json"), queue], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Retrying with the same key and body returns the first job; "
+        "the same key with another body is a 409.",
+    ),
+]
 
 
 @router.post("", status_code=201, response_model=JobPublic)
@@ -51,11 +85,31 @@ def create_job(
     spec: JobSpec,
     session: SessionDep,
     redis: RedisDep,
-    queue: Annotated[Literal["interactive", "overnight"], Query()] = INTERACTIVE,
+    owner: OwnerDep,
+    response: Response,
+    queue: Annotated[Priority, Query(description="interactive (default) or overnight")] = (
+        INTERACTIVE
+    ),
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Store the job and queue its tasks; a job that cannot be queued is not kept."""
+    digest = request_hash(spec, queue)
+    if idempotency_key is not None:
+        earlier = repo.find_idempotent(session, owner, idempotency_key)
+        if earlier is not None:
+            return _replay(session, earlier, digest, response)
+    # WEIGHTS-HOOK check_job_weights(session, owner, spec)
     ensure_available(redis)
-    job = repo.create_job(session, spec, queue)
+    try:
+        job = repo.create_job(
+            session, spec, queue, owner=owner, idempotency_key=idempotency_key, request_hash=digest
+        )
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        assert idempotency_key is not None
+        earlier = repo.find_idempotent(session, owner, idempotency_key)
+        assert earlier is not None
+        return _replay(session, earlier, digest, response)
     try:
         enqueue_job(redis, job.id, job.n_trials, queue)
     except QueueUnavailable:
@@ -64,63 +118,135 @@ def create_job(
     return JobPublic.of(job, (0, job.n_trials), None)
 
 
+def _replay(session: SessionDep, earlier: Job, digest: str, response: Response) -> JobPublic:
+    if earlier.request_hash != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key was used for job {earlier.id!r} with a different body"
+        )
+    response.status_code = 200
+    response.headers["Idempotent-Replayed"] = "true"
+    return _job_public(session, earlier)
+
+
 @router.get("", response_model=Page[JobPublic])
 def list_jobs(
     session: SessionDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
 ) -> Page[JobPublic]:
-    """Jobs, newest first."""
-    jobs = repo.list_jobs(session, limit=limit, offset=offset, status=status)
-    items = [
-        JobPublic.of(job, repo.progress(session, job.id), repo.best_candidate(session, job.id))
-        for job in jobs
-    ]
-    total = repo.count_jobs(session, status)
+    """The caller's jobs, newest first."""
+    jobs = repo.list_jobs(session, limit=limit, offset=offset, status=status, owner=owner)
+    items = [_job_public(session, job) for job in jobs]
+    total = repo.count_jobs(session, status, owner=owner)
     return Page[JobPublic](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     """State, progress, baseline, best candidate so far and timings of one job."""
-    return _job_public(session, job_id)
+    return _job_public(session, repo.get_job(session, job_id, owner))
+
+
+@router.post("/{job_id}/cancel", response_model=CancelPublic)
+def cancel_job(job_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDep) -> CancelPublic:
+    """Stop a job: its queued tasks are dropped and it ends ``cancelled``.
+
+    Candidates scored so far stay readable. A task already running finishes
+    on its own and finds the job cancelled. Cancelling a cancelled job is a
+    no-op; a job that is done or failed cannot be cancelled (409).
+    """
+    job = repo.get_job(session, job_id, owner)
+    if job.status != JobStatus.cancelled:
+        active = frozenset(JobStatus) - TERMINAL
+        job = repo.transition(session, job_id, JobStatus.cancelled, allowed_from=active)
+    dropped = cancel_tasks(redis, job_id, job.n_trials)
+    return CancelPublic(job=_job_public(session, job), dropped_tasks=dropped)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(
+    job_id: str, session: SessionDep, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
+) -> Response:
+    """Remove a finished job: its rows, study, queue records and artifacts.
+
+    A job still running must be cancelled first (409), so no worker is left
+    writing to a job that no longer exists.
+    """
+    job = repo.get_job(session, job_id, owner)
+    if job.status not in TERMINAL:
+        raise InvalidTransition(job_id, job.status.value, "deleted (cancel it first)")
+    purge_job(session, redis, settings, job)
+    return Response(status_code=204)
+
+
+CandidateSort = Literal[
+    "trial", "-trial", "score", "-score", "accuracy", "-accuracy",
+    "flops", "-flops", "params", "-params", "started", "-started",
+]  # fmt: skip
 
 
 @router.get("/{job_id}/candidates", response_model=Page[CandidatePublic])
 def list_candidates(
     job_id: str,
     session: SessionDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-    order: Literal["trial", "score"] = "trial",
+    order: Annotated[
+        CandidateSort, Query(description="Sort key; '-' first for descending, score is best first.")
+    ] = "trial",
+    status: Annotated[list[CandidateStatus] | None, Query(description="Only these.")] = None,
+    min_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_flops_ratio: Annotated[float | None, Query(gt=0, le=1)] = None,
+    max_params_ratio: Annotated[float | None, Query(gt=0, le=1)] = None,
+    worker: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Page[CandidatePublic]:
-    """The job's candidates by trial number, or best score first."""
-    job = repo.get_job(session, job_id)
+    """The job's candidates, sorted and filtered; ``total`` counts the matching ones."""
+    job = repo.get_job(session, job_id, owner)
     costs = BaseCosts.of(job)
-    rows = repo.list_candidates(session, job_id, limit=limit, offset=offset, order_by=order)
+    where = repo.CandidateFilter(
+        statuses=tuple(status) if status else None,
+        min_accuracy=min_accuracy,
+        max_flops=_bound(max_flops_ratio, costs.flops, "max_flops_ratio"),
+        max_params=_bound(max_params_ratio, costs.params, "max_params_ratio"),
+        worker=worker,
+    )
+    rows = repo.list_candidates(
+        session, job_id, limit=limit, offset=offset, order_by=order, where=where
+    )
     items = [CandidatePublic.of(c, costs) for c in rows]
-    total = repo.count_candidates(session, job_id)
+    total = repo.count_candidates(session, job_id, where=where)
     return Page[CandidatePublic](items=items, total=total, limit=limit, offset=offset)
 
 
+def _bound(ratio: float | None, base: float | None, field: str) -> float | None:
+    """An absolute cost bound from a ratio; a job not yet profiled cannot be filtered so."""
+    if ratio is None:
+        return None
+    if base is None:
+        raise ResultNotReady(f"{field}: the job is not profiled yet, so ratios are unknown")
+    return ratio * base * (1 + 1e-9)
+
+
 @router.get("/{job_id}/result")
-def get_result(job_id: str, session: SessionDep) -> dict[str, Any]:
+def get_result(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The finished job's result (``result.json``); 404 until the job is done."""
-    job = repo.get_job(session, job_id)
+    job = repo.get_job(session, job_id, owner)
     if job.status != JobStatus.done or job.result is None:
         raise ResultNotReady(f"job {job_id!r} has no result: it is {job.status.value}")
     return job.result
 
 
 @router.get("/{job_id}/sensitivity")
-def get_sensitivity(job_id: str, session: SessionDep) -> dict[str, Any]:
+def get_sensitivity(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The triage report: per-group sensitivity curves and per-block criticality.
 
     Written by ``prepare`` when the spec says ``triage: true``, so it is
     readable while the search still runs; 404 before that or without triage.
     """
-    job = repo.get_job(session, job_id)
+    job = repo.get_job(session, job_id, owner)
     if job.triage is None:
         wanted = bool(job.spec.get("triage", {}).get("enabled"))
         reason = f"it is {job.status.value}" if wanted else "its spec has no triage: true"
@@ -129,13 +255,13 @@ def get_sensitivity(job_id: str, session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/pareto", response_model=ParetoPublic)
-def get_pareto(job_id: str, session: SessionDep) -> ParetoPublic:
+def get_pareto(job_id: str, session: SessionDep, owner: OwnerDep) -> ParetoPublic:
     """The Pareto front so far: validation accuracy against the job's objective.
 
     Computed from the stored candidates, so it grows while the search runs
     and is the same front ``finalize`` writes to ``pareto.json``.
     """
-    job = repo.get_job(session, job_id)
+    job = repo.get_job(session, job_id, owner)
     objective = str(job.spec.get("search", {}).get("objective", "flops_ratio"))
     rows = repo.list_candidates(session, job_id, limit=100_000, offset=0)
     scored = {
@@ -153,13 +279,13 @@ def get_pareto(job_id: str, session: SessionDep) -> ParetoPublic:
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
 def get_artifact(
-    job_id: str, name: str, session: SessionDep, settings: SettingsDep
+    job_id: str, name: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep
 ) -> FileResponse:
     """One of the job's files, by its allow-listed name."""
     media_type = ARTIFACTS.get(name)
     if media_type is None:
         raise ArtifactNotFound(f"no artifact named {name!r}; known: {sorted(ARTIFACTS)}")
-    job = repo.get_job(session, job_id)
+    job = repo.get_job(session, job_id, owner)
     path = settings.job_dir(job.id) / name
     if not path.is_file():
         raise ArtifactNotFound(f"job {job_id!r} has no {name} (yet)")
