@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -59,6 +60,9 @@ def storage(url: str) -> RDBStorage:
         kwargs: dict[str, object] = {}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 60}}
+            path = url.removeprefix("sqlite:///")
+            if path != url and path and not path.startswith(":"):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(OPEN_ATTEMPTS):
             try:
                 _storages[url] = RDBStorage(url, engine_kwargs=kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -63,9 +64,9 @@ class BatchCreate(BaseModel):
             for key, (_, value) in zip(keys, combo, strict=True):
                 _set(raw, key, value)
             label = "-".join(
-                f"{k.rsplit('.', 1)[-1]}={v}" for k, (_, v) in zip(keys, combo, strict=True)
+                f"{k.rsplit('.', 1)[-1]}_{v}" for k, (_, v) in zip(keys, combo, strict=True)
             )
-            raw["name"] = f"{base['name']}-{label}"[:100]
+            raw["name"] = re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{base['name']}-{label}")[:100]
             try:
                 specs.append(JobSpec.model_validate(raw))
             except ValidationError as exc:
