@@ -27,8 +27,8 @@ from service.errors import QueueUnavailable
 from service.queue import queue_depths, redis_from_url
 from service.settings import Settings
 
-# Trial durations range from a second (adaptive BN on a small net) to an hour.
-BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+# Trial durations range from a tenth of a second (adaptive BN on a small net) to an hour.
+BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 RATE_WINDOW_S = 60
 
 

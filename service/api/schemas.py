@@ -18,7 +18,7 @@ from service.db.models import Candidate, CandidateStatus, Job, JobStatus
 T = TypeVar("T")
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes (stored in UTC); PostgreSQL aware ones."""
     if value is None or value.tzinfo is not None:
         return value
@@ -129,7 +129,7 @@ class JobPublic(BaseModel):
                 params_ratio=costs.ratio(best.params, costs.params),
                 ratios=best.ratios,
             )
-        created, updated = _utc(job.created_at), _utc(job.updated_at)
+        created, updated = as_utc(job.created_at), as_utc(job.updated_at)
         assert created is not None and updated is not None
         return cls(
             id=job.id,
@@ -182,7 +182,7 @@ class CandidatePublic(BaseModel):
 
     @classmethod
     def of(cls, candidate: Candidate, costs: BaseCosts) -> CandidatePublic:
-        started = _utc(candidate.started_at)
+        started = as_utc(candidate.started_at)
         assert started is not None
         return cls(
             id=candidate.id,
@@ -205,7 +205,7 @@ class CandidatePublic(BaseModel):
             rungs=candidate.rungs,
             error=candidate.error,
             started_at=started,
-            finished_at=_utc(candidate.finished_at),
+            finished_at=as_utc(candidate.finished_at),
         )
 
 

@@ -347,7 +347,7 @@ def test_metrics_count_jobs_trials_and_queue_depth(alice: TestClient, settings: 
     assert 'prunesearch_jobs{state="done"} 0.0' in lines
     assert 'prunesearch_queue_depth{queue="interactive"} 1.0' in lines
     assert 'prunesearch_queue_depth{queue="overnight"} 1.0' in lines
-    assert 'prunesearch_trial_duration_seconds_bucket{le="1.0"} 1.0' in lines
+    assert 'prunesearch_trial_duration_seconds_bucket{le="0.5"} 1.0' in lines
     assert 'prunesearch_trial_duration_seconds_bucket{le="5.0"} 2.0' in lines
     assert "prunesearch_trial_duration_seconds_count 3.0" in lines
     assert "prunesearch_trial_duration_seconds_sum 23.5" in lines

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
-from service.api.schemas import BatchJobPublic, BatchPublic, Page
+from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
 from service.cleanup import purge_job
 from service.db import batches, repo
@@ -42,7 +42,7 @@ def _public(session: SessionDep, batch: Batch) -> BatchPublic:
     return BatchPublic(
         id=batch.id,
         name=batch.name,
-        created_at=batch.created_at,
+        created_at=as_utc(batch.created_at) or batch.created_at,
         status="done" if ended else "running",
         states=dict(states),
         jobs=jobs,
