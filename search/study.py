@@ -19,7 +19,6 @@ from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from search.errors import SearchError
 from search.genetic import SEEDS_KEY
@@ -54,7 +53,8 @@ def storage(url: str) -> RDBStorage:
     may write the same file. The first processes to open a fresh database
     race to stamp Optuna's schema version (the API creating a study while a
     worker prefetches); the loser sees a unique-constraint error, so opening
-    is retried: the second attempt finds the schema in place.
+    is retried (any error: a lasting one is raised after the last attempt):
+    the second attempt finds the schema in place.
     """
     if url not in _storages:
         kwargs: dict[str, object] = {}
@@ -67,7 +67,7 @@ def storage(url: str) -> RDBStorage:
             try:
                 _storages[url] = RDBStorage(url, engine_kwargs=kwargs)
                 break
-            except (IntegrityError, OperationalError):
+            except Exception:  # SQLAlchemy's errors; this package does not import it
                 if attempt == OPEN_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
