@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # "keys": every request needs an API key (``prunesearch keys create``);
     # "none": one implicit owner, for a single user on loopback only.
     auth: Literal["keys", "none"] = "keys"
+    # Requests per minute and API key (0: unlimited); beyond it, 429 + Retry-After.
+    rate_limit: int = 600
     # Largest accepted weights upload (POST /v1/weights).
     max_upload_mb: int = 512
     # Trained baselines keyed by everything that determines them (model, data,

@@ -16,10 +16,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from sqlalchemy.orm import Session
 
+from service.auth import digest
 from service.db import keys
 from service.db.models import LOCAL_OWNER
 from service.db.session import session_factory
 from service.queue import redis_from_url
+from service.ratelimit import retry_after
 from service.settings import Settings
 
 
@@ -61,24 +63,38 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `prunesearch
 def get_owner(
     settings: SettingsDep,
     session: SessionDep,
+    redis: RedisDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """Who is asking: the owner of the Bearer key, or ``local`` when auth is off.
 
     Raises 401 (with ``WWW-Authenticate: Bearer``) for a missing, malformed,
-    unknown or revoked key; the reason is the same for all of them.
+    unknown or revoked key; the reason is the same for all of them. Each key
+    may make ``rate_limit`` requests a minute; beyond that, 429 with
+    ``Retry-After``.
     """
     if settings.auth == "none":
-        return LOCAL_OWNER
-    owner = None
-    if credentials is not None and credentials.scheme.lower() == "bearer":
-        owner = keys.owner_of(session, credentials.credentials)
-    if owner is None:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="a valid API key is required (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        owner, subject = LOCAL_OWNER, LOCAL_OWNER
+    else:
+        owner = None
+        if credentials is not None and credentials.scheme.lower() == "bearer":
+            owner = keys.owner_of(session, credentials.credentials)
+        if owner is None:
+            raise HTTPException(
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                detail="a valid API key is required (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        assert credentials is not None
+        subject = digest(credentials.credentials)[:16]
+    if settings.rate_limit > 0:
+        wait = retry_after(redis, subject, settings.rate_limit)
+        if wait is not None:
+            raise HTTPException(
+                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=f"rate limit of {settings.rate_limit} requests a minute reached",
+                headers={"Retry-After": str(wait)},
+            )
     return owner
 
 

@@ -352,3 +352,32 @@ def test_metrics_count_jobs_trials_and_queue_depth(alice: TestClient, settings: 
     assert "prunesearch_trial_duration_seconds_count 3.0" in lines
     assert "prunesearch_trial_duration_seconds_sum 23.5" in lines
     assert any(line.startswith("prunesearch_trials_per_second ") for line in lines)
+
+
+def test_each_key_is_rate_limited_with_retry_after(
+    tmp_path: Path, db_url: str, redis_url: str
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home", database_url=db_url, redis_url=redis_url, rate_limit=3
+    )
+    with keyed_client(settings, "alice") as alice:
+        bob = add_key(settings.database_url, "bob")
+        assert [alice.get("/v1/jobs").status_code for _ in range(3)] == [200, 200, 200]
+        limited = alice.get("/v1/jobs")
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert "rate limit" in limited.json()["detail"]
+        assert alice.post("/v1/jobs", json=SPEC).status_code == 429  # nothing created
+        assert alice.get("/v1/jobs", headers=bob).status_code == 200  # bob has his own budget
+        assert alice.get("/healthz").status_code == 200  # operations are not limited
+    assert _jobs(settings) == 0
+
+
+def test_the_window_ends_when_retry_after_says(redis: Redis) -> None:
+    from service.ratelimit import WINDOW_S, retry_after
+
+    r = redis
+    start = 1_000_000 * WINDOW_S + 50.2
+    assert retry_after(r, "s", 1, now=start) is None
+    assert retry_after(r, "s", 1, now=start + 1) == 9  # 8.8 s left, rounded up
+    assert retry_after(r, "s", 1, now=start + 10) is None  # a new window
