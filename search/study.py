@@ -8,15 +8,19 @@ short transactions; everything slow happens between them, in the worker.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler
-from optuna.storages import RDBStorage
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -32,6 +36,11 @@ from search.samplers import (
 from search.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats under ask/tell are deliberate (see HEARTBEAT_S): silence Optuna's
+# notice that they are meant for optimize(), and the experimental-API notices.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
+warnings.filterwarnings("ignore", category=ExperimentalWarning, module="search.study")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,12 @@ class Proposal:
 
 _storages: dict[str, RDBStorage] = {}
 OPEN_ATTEMPTS = 5
+# A scoring trial records a heartbeat every HEARTBEAT_S (:func:`heartbeat`); one
+# silent for GRACE_S (its process died) is failed before the next ask, so the
+# sampler never waits on it. Optuna runs heartbeats only inside optimize(),
+# not under ask/tell, hence the explicit thread.
+HEARTBEAT_S = 10
+GRACE_S = 60
 
 
 def storage(url: str) -> RDBStorage:
@@ -65,7 +80,12 @@ def storage(url: str) -> RDBStorage:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(OPEN_ATTEMPTS):
             try:
-                _storages[url] = RDBStorage(url, engine_kwargs=kwargs)
+                _storages[url] = RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                )
                 break
             except Exception:  # SQLAlchemy's errors; this package does not import it
                 if attempt == OPEN_ATTEMPTS - 1:
@@ -142,6 +162,7 @@ def ask(
             raise SearchError(
                 f"sampler {sampler} needs the allocation prepare stores; none for {missing}"
             )
+    fail_stale_trials(study)
     trial = study.ask({v.name: FloatDistribution(v.low, v.high) for v in variables})
     values = {v.name: float(trial.params[v.name]) for v in variables}
     return Proposal(trial.number, space.expand(how, values))
@@ -205,3 +226,32 @@ def delete_study(job_id: str, url: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+@contextmanager
+def heartbeat(job_id: str, url: str, number: int, every: float = HEARTBEAT_S) -> Iterator[None]:
+    """Record the trial's heartbeat every ``every`` seconds while the block runs.
+
+    The first beat is recorded at once, so a trial whose process dies at
+    any point afterwards is found stale by :func:`ask` after ``GRACE_S``.
+    """
+    store = storage(url)
+    study_id = store.get_study_id_from_name(study_name(job_id))
+    trial_id = store.get_trial_id_from_study_id_trial_number(study_id, number)
+    store.record_heartbeat(trial_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                store.record_heartbeat(trial_id)
+            except Exception:  # a missed beat only risks an early stale verdict
+                continue
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

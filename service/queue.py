@@ -18,7 +18,7 @@ from typing import Final
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Dependency
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
@@ -42,6 +42,8 @@ FINALIZE_TIMEOUT: Final = 6 * HOUR
 # RQ record has expired counts as met, so a short TTL never blocks finalize.
 RESULT_TTL: Final = 600
 FAILURE_TTL: Final = 7 * 24 * HOUR
+RETRIES: Final = 2
+RETRY_INTERVAL_S: Final = 0
 
 
 def redis_from_url(url: str) -> Redis:
@@ -82,11 +84,20 @@ def _create(
     timeout: int,
     what: str,
     depends_on: str | Dependency | None = None,
+    kwargs: dict[str, int] | None = None,
 ) -> RQJob:
-    """An unsaved RQ job for one task; deferred when it has a dependency."""
+    """An unsaved RQ job for one task; deferred when it has a dependency.
+
+    Every task may be retried (:data:`RETRIES`): when its work-horse or its
+    whole worker dies, RQ re-queues it (a dead worker's task once another
+    worker's maintenance finds it abandoned). That is the one retry
+    mechanism; the tasks make a second run harmless.
+    """
     return queue.create_job(
         func,
         args=[job_id],
+        kwargs=kwargs or {},
+        retry=Retry(max=RETRIES, interval=RETRY_INTERVAL_S),
         job_id=rq_id,
         timeout=timeout,
         result_ttl=RESULT_TTL,
@@ -115,7 +126,16 @@ def enqueue_job(redis: Redis, job_id: str, n_trials: int, queue_name: str = INTE
     try:
         prepare = _create(queue, PREPARE, job_id, prepare_id, PREPARE_TIMEOUT, "prepare")
         deferred = [
-            _create(queue, TRIAL, job_id, trial_id, TRIAL_TIMEOUT, f"trial {i}", prepare_id)
+            _create(
+                queue,
+                TRIAL,
+                job_id,
+                trial_id,
+                TRIAL_TIMEOUT,
+                f"trial {i}",
+                prepare_id,
+                kwargs={"task": i},
+            )
             for i, trial_id in enumerate(trial_ids)
         ]
         after_trials = Dependency(jobs=list(trial_ids), allow_failure=True)

@@ -31,6 +31,7 @@ from search import (
     cap,
     create_study,
     flops_aware_score,
+    heartbeat,
     pareto_front,
     repair,
     unrepaired,
@@ -110,7 +111,10 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
     start = time.perf_counter()
     try:
         with _session(settings) as s:
-            repo.transition(s, job_id, JobStatus.preparing, allowed_from={JobStatus.queued})
+            # From ``preparing`` too: the queue re-runs a prepare whose worker died.
+            repo.transition(
+                s, job_id, JobStatus.preparing, allowed_from={JobStatus.queued, JobStatus.preparing}
+            )
     except InvalidTransition:  # already prepared (a retried task) or cancelled
         log.warning("prepare(%s) skipped: job is not queued", job_id)
         return
@@ -175,13 +179,20 @@ def _triage(ctx: JobContext, *, full: bool) -> dict[str, Any]:
     return report
 
 
-def trial(job_id: str, settings: Settings | None = None) -> None:
-    """Ask, repair, build, score and tell one candidate."""
+def trial(job_id: str, settings: Settings | None = None, task: int | None = None) -> None:
+    """Ask, repair, build, score and tell one candidate.
+
+    ``task`` is the queue task's trial slot. The queue retries a task whose
+    worker died (RQ owns retries, and nothing else does), so the same slot
+    may run again: :func:`_resume_slot` makes that run harmless.
+    """
     settings = settings or Settings()
     t0, started_at = time.perf_counter(), datetime.now(UTC)
     status, ctx = _load(job_id, settings)
     if status != JobStatus.searching:
         log.info("trial(%s) skipped: job is %s", job_id, status)
+        return
+    if task is not None and not _resume_slot(settings, job_id, task):
         return
     load_s = ctx.take_load_time()  # non-zero only where this trial loaded it
     timings = {"load_s": load_s, "db_s": time.perf_counter() - t0 - load_s}
@@ -221,6 +232,7 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
             objectives=objectives,
             worker=worker_name(),
             device=str(ctx.device),
+            task=task,
             status=CandidateStatus.running,
             started_at=started_at,
         )
@@ -236,7 +248,8 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
         outcome["error"] = f"same network as candidate {earlier.id}; score reused"
     else:
         try:
-            accuracy, ms = _score(ctx, list(fixed.counts), timings)
+            with heartbeat(job_id, settings.optuna_url, proposal.number):
+                accuracy, ms = _score(ctx, list(fixed.counts), timings)
             score = flops_aware_score(accuracy, fixed.fill, spec.search.flops_lambda)
             outcome = {"status": CandidateStatus.complete, "score": score, "accuracy": accuracy}
             if ms is not None:
@@ -257,6 +270,27 @@ def trial(job_id: str, settings: Settings | None = None) -> None:
     # This last write is timed by the gap to the next trial (finished_at is set first).
     with _session(settings) as s:
         repo.finish_candidate(s, cand_id, timings=timings, finished_at=datetime.now(UTC), **outcome)
+
+
+def _resume_slot(settings: Settings, job_id: str, task: int) -> bool:
+    """Settle what an earlier run of this trial slot left; False if nothing is left to do.
+
+    A run that finished (its candidate is complete, duplicate or failed)
+    means the slot is done: running it again would count a trial twice. A
+    candidate still ``running`` belongs to a run whose worker died: it is
+    marked ``lost`` and its Optuna trial failed (a late tell from that run,
+    were it alive, is a no-op), and this run proposes a new candidate.
+    """
+    with _session(settings) as s:
+        earlier = repo.task_candidates(s, job_id, task)
+        if any(c.status in repo.FINISHED_CANDIDATES for c in earlier):
+            log.warning("trial slot %d of %s already finished; not run again", task, job_id)
+            return False
+        for cand in earlier:
+            repo.mark_lost(s, cand.id, "its worker died mid-trial; the task was run again")
+    for cand in earlier:
+        tell_study(job_id, settings.optuna_url, cand.trial_number, None)
+    return True
 
 
 def _twin(settings: Settings, job_id: str, key: str, cand_id: int) -> Candidate | None:
@@ -342,7 +376,12 @@ def finalize(job_id: str, settings: Settings | None = None) -> None:
     start = time.perf_counter()
     try:
         with _session(settings) as s:
-            repo.transition(s, job_id, JobStatus.finalizing, allowed_from={JobStatus.searching})
+            repo.transition(
+                s,
+                job_id,
+                JobStatus.finalizing,
+                allowed_from={JobStatus.searching, JobStatus.finalizing},  # a retried finalize
+            )
     except InvalidTransition:  # already finalized, or the job failed
         log.warning("finalize(%s) skipped: job is not searching", job_id)
         return

@@ -22,6 +22,10 @@ from rq.serializers import JSONSerializer
 from service.settings import Settings
 
 DEFAULT_QUEUES = ("interactive", "overnight")
+# How often a worker looks for tasks abandoned by a dead worker (RQ's default
+# is 10 minutes). A task is abandoned once its worker's heartbeat lapses,
+# about 90 s after the worker died; it is then retried.
+MAINTENANCE_S = 30
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +77,7 @@ def run_worker(
     burst: bool = False,
     name: str | None = None,
     threads: int | None = None,
+    maintenance_interval: int = MAINTENANCE_S,
 ) -> bool:
     """Serve ``queues`` until stopped (or until empty with ``burst``).
 
@@ -101,6 +106,7 @@ def run_worker(
         name=name,
         serializer=JSONSerializer,
         threads=threads,
+        maintenance_interval=maintenance_interval,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return worker.work(burst=burst, logging_level="INFO")

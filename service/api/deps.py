@@ -85,7 +85,7 @@ def get_owner(
                 detail="a valid API key is required (Authorization: Bearer <key>)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        assert credentials is not None
+        assert credentials is not None  # owner_of found the key
         subject = digest(credentials.credentials)[:16]
     if settings.rate_limit > 0:
         wait = retry_after(redis, subject, settings.rate_limit)
@@ -95,6 +95,7 @@ def get_owner(
                 detail=f"rate limit of {settings.rate_limit} requests a minute reached",
                 headers={"Retry-After": str(wait)},
             )
+    assert owner is not None
     return owner
 
 

@@ -48,6 +48,7 @@ class CandidateStatus(enum.StrEnum):
     complete = "complete"
     duplicate = "duplicate"  # same kept channels as an earlier candidate: score reused
     failed = "failed"
+    lost = "lost"  # its worker died mid-trial; the task ran again (not counted as a trial)
 
 
 LOCAL_OWNER = "local"  # the one owner when the service runs without keys (auth = none)
@@ -147,11 +148,15 @@ class Candidate(Base):
     __table_args__ = (
         Index("ix_candidates_job_trial", "job_id", "trial_number", unique=True),
         Index("ix_candidates_job_key", "job_id", "key"),
+        Index("ix_candidates_job_task", "job_id", "task"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     trial_number: Mapped[int] = mapped_column(Integer)
+    task: Mapped[int | None] = mapped_column(
+        Integer, default=None, doc="the queue task (trial slot) that ran it; a retry reuses it"
+    )
     status: Mapped[CandidateStatus] = mapped_column(
         SAEnum(CandidateStatus, name="candidate_status", native_enum=False, length=16),
         default=CandidateStatus.running,

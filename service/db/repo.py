@@ -426,3 +426,26 @@ def store_latency(session: Session, device: str, arch: str, batch: int, ms: floa
         assert earlier is not None
         return earlier
     return ms
+
+
+# --- task slots (retries) -------------------------------------------------------------------
+
+
+def task_candidates(session: Session, job_id: str, task: int) -> list[Candidate]:
+    """What earlier runs of one trial task wrote, oldest first."""
+    stmt = (
+        select(Candidate)
+        .where(Candidate.job_id == job_id, Candidate.task == task)
+        .order_by(Candidate.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def mark_lost(session: Session, candidate_id: int, reason: str) -> None:
+    """A running candidate whose worker died: kept for the record, not counted as a trial."""
+    session.execute(
+        update(Candidate)
+        .where(Candidate.id == candidate_id, Candidate.status == CandidateStatus.running)
+        .values(status=CandidateStatus.lost, error=reason, finished_at=utcnow())
+    )
+    session.commit()

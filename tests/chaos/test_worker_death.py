@@ -1,0 +1,211 @@
+"""SIGKILL a work-horse, then a whole worker, mid-trial: no trial lost, none counted twice.
+
+Real processes: ``prunesearch serve``, ``prunesearch worker`` (each in its
+own process group, so a whole worker and its horse can be killed at once),
+a real Redis and SQLite. RQ owns retries: a killed horse's task is retried
+at once by its worker; a dead worker's task once another worker's
+maintenance finds it abandoned (its heartbeat lapses after about 90 s).
+The trial task makes the second run harmless (``workers.tasks._resume_slot``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+import redis
+
+from search.study import storage, study_name
+from tests.integration.conftest import tiny_spec
+from tests.support import free_port
+
+CLI = [sys.executable, "-m", "service.cli"]
+REDIS_DB = 7
+
+
+class Stack:
+    """API + workers as separate process groups, with their logs."""
+
+    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+        self.home = tmp_path / "home"
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.env = {
+            **os.environ,
+            "PRUNESEARCH_HOME": str(self.home),
+            "PRUNESEARCH_REDIS_URL": redis_url,
+        }
+        made = subprocess.run(
+            [*CLI, "keys", "create", "--owner", "chaos"],
+            env=self.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        key = made.stdout.strip().splitlines()[-1]
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.api = httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._start("api", "serve", "--port", self.url.rsplit(":", 1)[1])
+
+    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*CLI, *args],
+            env=self.env,
+            stdout=(self.logs / f"{name}.log").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killpg takes the horse too
+        )
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str) -> None:
+        self._start(
+            name, "worker", "--name", f"chaos-{os.getpid()}-{name}", "--device", "cpu",
+            "--threads", "1", "--maintenance-interval", "5",
+        )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.log_text()
+            time.sleep(0.2)
+
+    def horse_of(self, name: str) -> int | None:
+        """The pid of the worker's work-horse (its forked child), if one runs."""
+        pid = self.procs[name].pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def log_text(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-4000:]}" for p in self.logs.glob("*.log"))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
+    redis_url = f"{redis_base}/{REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    s = Stack(tmp_path, redis_url)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+def _slow_spec(name: str, n_trials: int) -> dict[str, Any]:
+    """Trials of a second or more on one thread, so a kill lands mid-trial."""
+    spec = tiny_spec(name, n_trials=n_trials).model_dump(mode="json")
+    spec["model"] = {"arch": "resnet20", "pretrain_epochs": 1}
+    spec["scoring"]["calib_batches"] = 8
+    spec["final"]["finetune_epochs"] = 0.1
+    return spec
+
+
+def _running(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    items = stack.api.get(f"/v1/jobs/{job_id}/candidates", params={"limit": 500}).json()["items"]
+    return [c for c in items if c["status"] == "running"]
+
+
+def _kill_mid_trial(stack: Stack, job_id: str, whole_worker: bool) -> dict[str, Any]:
+    """SIGKILL the horse (or the whole worker) of a running candidate; returns the candidate."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for cand in _running(stack, job_id):
+            name = cand["worker"].rsplit("-", 1)[-1]
+            horse = stack.horse_of(name)
+            if horse is None:
+                continue
+            if whole_worker:
+                os.killpg(stack.procs[name].pid, signal.SIGKILL)
+            else:
+                os.kill(horse, signal.SIGKILL)
+            time.sleep(0.5)
+            rows = stack.api.get(f"/v1/jobs/{job_id}/candidates", params={"limit": 500}).json()
+            still = {c["id"]: c for c in rows["items"]}[cand["id"]]
+            if still["status"] in ("running", "lost"):  # the kill landed mid-trial
+                return cand
+        time.sleep(0.1)
+    pytest.fail(f"no running trial to kill within 180 s\n{stack.log_text()}")
+
+
+def _wait_done(stack: Stack, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (job := stack.api.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+        "done", "failed", "cancelled",
+    ):  # fmt: skip
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert job["status"] == "done", f"{job['status']}: {job.get('error')}\n{stack.log_text()}"
+    return job
+
+
+def _check_books(stack: Stack, job_id: str, n_trials: int, killed: list[int]) -> None:
+    """Every slot finished exactly once; each killed candidate is ``lost`` and failed in Optuna."""
+    items = stack.api.get(f"/v1/jobs/{job_id}/candidates", params={"limit": 500}).json()["items"]
+    finished = [c for c in items if c["status"] in ("complete", "duplicate", "failed")]
+    lost = [c for c in items if c["status"] == "lost"]
+    assert len(finished) == n_trials, [(c["trial_number"], c["status"]) for c in items]
+    assert {c["id"] for c in lost} == set(killed)
+    assert all("worker died" in (c["error"] or "") for c in lost)
+    assert len({c["trial_number"] for c in items}) == len(items)  # no Optuna trial reused
+    job = stack.api.get(f"/v1/jobs/{job_id}").json()
+    assert job["progress"] == {"done": n_trials, "total": n_trials}
+    study = optuna.load_study(
+        study_name=study_name(job_id), storage=storage(f"sqlite:///{stack.home / 'optuna.db'}")
+    )
+    states = {t.number: t.state for t in study.trials}
+    assert all(states[c["trial_number"]] == optuna.trial.TrialState.FAIL for c in lost)
+    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) >= n_trials - len(
+        [c for c in finished if c["status"] == "failed"]
+    )
+
+
+def test_a_killed_work_horse_loses_no_trial(stack: Stack) -> None:
+    stack.worker("a")
+    stack.worker("b")
+    job_id = stack.api.post("/v1/jobs", json=_slow_spec("chaos-horse", 8)).json()["id"]
+    killed = _kill_mid_trial(stack, job_id, whole_worker=False)
+    _wait_done(stack, job_id, timeout=300)
+    _check_books(stack, job_id, 8, [killed["id"]])
+    assert all(p.poll() is None for p in stack.procs.values())  # the workers survived
+
+
+def test_a_killed_worker_loses_no_trial(stack: Stack) -> None:
+    stack.worker("a")
+    stack.worker("b")
+    job_id = stack.api.post("/v1/jobs", json=_slow_spec("chaos-worker", 8)).json()["id"]
+    killed = _kill_mid_trial(stack, job_id, whole_worker=True)
+    stack.worker("c")  # a replacement joins; the survivor and it finish the job
+    started = time.monotonic()
+    _wait_done(stack, job_id, timeout=400)
+    _check_books(stack, job_id, 8, [killed["id"]])
+    print(f"recovered in {time.monotonic() - started:.0f} s")
