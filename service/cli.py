@@ -76,7 +76,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
     run_worker(
-        args.queues, device=args.device, burst=args.burst, name=args.name, threads=args.threads
+        args.queues,
+        device=args.device,
+        burst=args.burst,
+        name=args.name,
+        threads=args.threads,
+        maintenance_interval=args.maintenance_interval,
     )
     return 0
 
@@ -293,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="worker name (default host.pid.device)")
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads per task (default: all cores)"
+    )
+    p.add_argument(
+        "--maintenance-interval",
+        type=int,
+        default=30,
+        help="seconds between searches for tasks a dead worker abandoned (they are retried)",
     )
     p.set_defaults(func=cmd_worker)
 

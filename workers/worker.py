@@ -107,6 +107,10 @@ def run_worker(
         serializer=JSONSerializer,
         threads=threads,
         maintenance_interval=maintenance_interval,
+        # An idle worker blocks on the queue for worker_ttl - 15 s between
+        # maintenance checks (RQ's default: 405 s), so this bounds how long an
+        # abandoned task waits for its retry.
+        worker_ttl=max(maintenance_interval, 5) + 15,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return worker.work(burst=burst, logging_level="INFO")

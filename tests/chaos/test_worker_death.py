@@ -62,7 +62,7 @@ class Stack:
             env=self.env,
             stdout=(self.logs / f"{name}.log").open("a"),
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killpg takes the horse too
+            start_new_session=True,  # stop() signals the group
         )
         self.procs[name] = proc
         return proc
@@ -143,10 +143,9 @@ def _kill_mid_trial(stack: Stack, job_id: str, whole_worker: bool) -> dict[str, 
             horse = stack.horse_of(name)
             if horse is None:
                 continue
-            if whole_worker:
-                os.killpg(stack.procs[name].pid, signal.SIGKILL)
-            else:
-                os.kill(horse, signal.SIGKILL)
+            os.kill(horse, signal.SIGKILL)
+            if whole_worker:  # RQ puts the horse in a session of its own: kill both
+                os.kill(stack.procs[name].pid, signal.SIGKILL)
             time.sleep(0.5)
             rows = stack.api.get(f"/v1/jobs/{job_id}/candidates", params={"limit": 500}).json()
             still = {c["id"]: c for c in rows["items"]}[cand["id"]]
