@@ -155,6 +155,7 @@ class JobPublic(BaseModel):
 class CandidatePublic(BaseModel):
     id: int
     trial_number: int
+    task: int | None = Field(description="Queue task (trial slot); a retried task reuses it.")
     status: CandidateStatus
     key: str
     ratios: list[float] = Field(description="Per-group keep ratios after budget repair.")
@@ -187,6 +188,7 @@ class CandidatePublic(BaseModel):
         return cls(
             id=candidate.id,
             trial_number=candidate.trial_number,
+            task=candidate.task,
             status=candidate.status,
             key=candidate.key,
             ratios=candidate.ratios,
