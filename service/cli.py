@@ -109,6 +109,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """One reconciler pass now (the API runs one every 30 s by itself)."""
+    from service.db.session import migrate, session_factory
+    from service.queue import redis_from_url
+    from service.reconcile import reconcile
+    from service.settings import Settings
+
+    settings = Settings()
+    migrate(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        report = reconcile(session, redis_from_url(settings.redis_url), settings.optuna_url)
+    for job_id, what in report.requeued.items():
+        print(f"job {job_id}: requeued {what}")
+    print(f"{len(report.requeued)} jobs had lost tasks")
+    return 0
+
+
 def _client(args: argparse.Namespace) -> Any:
     import httpx
 
@@ -316,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
     k.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("reconcile", help="requeue what Redis lost of unfinished jobs (once)")
+    p.set_defaults(func=cmd_reconcile)
 
     def client_parser(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)

@@ -201,3 +201,50 @@ def queue_depths(redis: Redis) -> dict[str, int]:
         return {name: get_queue(redis, name).count for name in QUEUE_NAMES}
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"cannot read the queues: {exc}") from exc
+
+
+def missing_tasks(redis: Redis, job_id: str, n_trials: int) -> set[str]:
+    """RQ ids of the search's tasks that Redis has no record of.
+
+    A finished task's record expires after :data:`RESULT_TTL`, so a missing
+    record means "lost" only together with what the database says.
+    """
+    prepare_id, trial_ids, finalize_id = task_ids(job_id, n_trials)
+    ids = [prepare_id, *trial_ids, finalize_id]
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            for rq_id in ids:
+                pipe.exists(f"rq:job:{rq_id}")
+            found = pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot read the tasks of job {job_id}: {exc}") from exc
+    return {rq_id for rq_id, hit in zip(ids, found, strict=True) if not hit}
+
+
+def requeue(redis: Redis, job_id: str, n_trials: int, queue_name: str, trials: list[int]) -> None:
+    """Queue ``trials`` again (their records were lost) and a ``finalize`` after them."""
+    queue = get_queue(redis, queue_name)
+    _, trial_ids, finalize_id = task_ids(job_id, n_trials)
+    try:
+        jobs = [
+            _create(queue, TRIAL, job_id, trial_ids[i], TRIAL_TIMEOUT, f"trial {i}",
+                    kwargs={"task": i})
+            for i in trials
+        ]  # fmt: skip
+        after = Dependency(jobs=[trial_ids[i] for i in trials], allow_failure=True)
+        finalize = _create(
+            queue, FINALIZE, job_id, finalize_id, FINALIZE_TIMEOUT, "finalize",
+            after if trials else None,
+        )  # fmt: skip
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            finalize.save(pipeline=pipe)
+            if trials:
+                finalize.register_dependency(pipeline=pipe)
+            else:
+                queue.enqueue_job(finalize, pipeline=pipe)
+            for job in jobs:
+                queue.enqueue_job(job, pipeline=pipe)
+            pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot requeue job {job_id}: {exc}") from exc

@@ -191,6 +191,8 @@ def _check_books(stack: Stack, job_id: str, n_trials: int, killed: list[int]) ->
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) >= n_trials - len(
         [c for c in finished if c["status"] == "failed"]
     )
+    if not lost:
+        return 0.0
     lost_task = {c["task"] for c in lost}
     retry = next(c for c in finished if c["task"] in lost_task)
     started = datetime.fromisoformat(retry["started_at"]) - datetime.fromisoformat(

@@ -1,0 +1,137 @@
+"""The reconciler: the database says what must run; put back in Redis what Redis lost.
+
+Redis holds the queue, the database holds the truth. When Redis restarts
+without its data (or loses some of it), every unfinished job's tasks are
+compared with its rows and requeued where nothing will otherwise run them:
+
+* ``queued`` / ``preparing`` jobs whose ``prepare`` is gone: the whole search
+  is queued again (``prepare`` re-enters ``preparing``).
+* ``searching`` jobs: each trial slot with no record in Redis and no
+  candidate in the database (never started), or whose candidate is still
+  ``running`` but whose Optuna trial was failed as stale (no heartbeat for
+  ``GRACE_S``: its worker is gone), is queued again, with a ``finalize``
+  after them.
+* ``finalizing`` jobs whose ``finalize`` is gone: it is queued again.
+
+A slot whose trial is still running somewhere is left alone, so nothing is
+counted twice; a requeued slot that finds its earlier run finished does
+nothing (``workers.tasks._resume_slot``). One reconciler runs at a time (a
+Redis lock), every :data:`INTERVAL_S` in each API process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from search.study import storage, study_name
+from service.db import repo
+from service.db.models import Candidate, CandidateStatus, Job, JobStatus
+from service.errors import QueueUnavailable
+from service.queue import enqueue_job, missing_tasks, requeue, task_ids
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 30
+LOCK = "prunesearch:reconcile"
+
+
+@dataclass
+class Report:
+    """What one pass requeued: job id -> what."""
+
+    requeued: dict[str, str] = field(default_factory=dict)
+
+
+def _stale_numbers(job_id: str, optuna_url: str) -> set[int]:
+    """Trial numbers of the job's study that are no longer running (failed as stale)."""
+    try:
+        study = optuna.load_study(study_name=study_name(job_id), storage=storage(optuna_url))
+    except KeyError:
+        return set()
+    fail_stale_trials(study)
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
+
+
+def _orphan_slots(session: Session, job: Job, missing: set[str], optuna_url: str) -> list[int]:
+    _, trial_ids, _ = task_ids(job.id, job.n_trials)
+    rows = session.scalars(select(Candidate).where(Candidate.job_id == job.id)).all()
+    by_slot: dict[int, list[Candidate]] = {}
+    for c in rows:
+        if c.task is not None:
+            by_slot.setdefault(c.task, []).append(c)
+    stale: set[int] | None = None
+    slots = []
+    for i, rq_id in enumerate(trial_ids):
+        if rq_id not in missing:
+            continue
+        cands = by_slot.get(i, [])
+        if any(c.status in repo.FINISHED_CANDIDATES for c in cands):
+            continue
+        running = [c for c in cands if c.status == CandidateStatus.running]
+        if running:
+            stale = _stale_numbers(job.id, optuna_url) if stale is None else stale
+            if not all(c.trial_number in stale for c in running):
+                continue  # still beating: its worker is alive and will finish it
+        slots.append(i)
+    return slots
+
+
+def reconcile(session: Session, redis: Redis, optuna_url: str) -> Report:
+    """One pass over every unfinished job (see the module docstring)."""
+    report = Report()
+    active = [JobStatus.queued, JobStatus.preparing, JobStatus.searching, JobStatus.finalizing]
+    jobs = session.scalars(select(Job).where(Job.status.in_(active))).all()
+    for job in jobs:
+        missing = missing_tasks(redis, job.id, job.n_trials)
+        prepare_id, _, finalize_id = task_ids(job.id, job.n_trials)
+        if job.status in (JobStatus.queued, JobStatus.preparing) and prepare_id in missing:
+            enqueue_job(redis, job.id, job.n_trials, job.queue)
+            report.requeued[job.id] = "the whole search"
+        elif job.status == JobStatus.searching:
+            slots = _orphan_slots(session, job, missing, optuna_url)
+            if slots or finalize_id in missing:
+                requeue(redis, job.id, job.n_trials, job.queue, slots)
+                report.requeued[job.id] = f"trial slots {slots} and finalize"
+        elif job.status == JobStatus.finalizing and finalize_id in missing:
+            requeue(redis, job.id, job.n_trials, job.queue, [])
+            report.requeued[job.id] = "finalize"
+    for job_id, what in report.requeued.items():
+        log.warning("reconciler: job %s had lost tasks; requeued %s", job_id, what)
+    return report
+
+
+def locked_pass(session: Session, redis: Redis, optuna_url: str) -> Report | None:
+    """:func:`reconcile` under a Redis lock; None when another process holds it."""
+    try:
+        if not redis.set(LOCK, "1", nx=True, ex=INTERVAL_S):
+            return None
+        return reconcile(session, redis, optuna_url)
+    except (RedisError, OSError, QueueUnavailable):
+        return None  # Redis is down: the next pass, after it is back, does the work
+
+
+class Reconciler(threading.Thread):
+    """Runs :func:`locked_pass` every :data:`INTERVAL_S` in the API process."""
+
+    def __init__(self, make_session: object, redis: Redis, optuna_url: str) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self._make_session = make_session
+        self._redis, self._url = redis, optuna_url
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(INTERVAL_S):
+            try:
+                with self._make_session() as session:  # type: ignore[operator]
+                    locked_pass(session, self._redis, self._url)
+            except Exception:
+                log.exception("reconciler pass failed; retrying in %d s", INTERVAL_S)
