@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; redis-server lets the tests start
-# a Redis when none is running. Installed only when root and missing.
+# a Redis when none is running; chromium is the browser the dashboard test
+# drives (Playwright, no browser download). Installed only when root and missing.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  [ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "apt-get install$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

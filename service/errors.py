@@ -72,3 +72,34 @@ class Conflict(ServiceError):
 
 class IdempotencyConflict(Conflict):
     """An ``Idempotency-Key`` reused with a different request body."""
+
+
+class InvalidInput(ServiceError):
+    """A request value refused by a check the schema cannot express (HTTP 422).
+
+    ``field`` names the value (``file``, ``arch``, ``model.weights``), so the
+    reply can say which one to fix; ``message`` says what is wrong with it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UploadTooLarge(ServiceError):
+    """An upload over ``Settings.max_upload_mb`` (HTTP 413); reading stopped at the limit."""
+
+    def __init__(self, field: str, limit_bytes: int) -> None:
+        mib = limit_bytes / 2**20
+        super().__init__(f"{field}: over the upload limit of {mib:g} MiB (max_upload_mb)")
+        self.field = field
+        self.limit_bytes = limit_bytes
+
+
+class UploadNotFound(NotFound):
+    """No upload of the caller's has this id."""
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"upload {upload_id!r} not found")
+        self.upload_id = upload_id

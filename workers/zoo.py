@@ -9,17 +9,40 @@ whose output channels (the classes) must never be pruned.
 ReLUs are separate module instances at every call site (never reused, never
 functional) so that torch-pruning's op counter sees and counts each one, and
 the dependency graph gets one node per activation.
+
+Users' own networks come in two ways, resolved after the built-in names:
+
+* a Python package that declares an entry point in the group
+  ``prunesearch.models``; it loads a callable
+  ``builder(*, in_channels, num_classes, input_size) -> nn.Module`` whose
+  final classifier is an attribute named ``fc``. Install the package where
+  the API and the workers run (the API only reads the names from metadata).
+* ``torchvision:NAME`` / ``timm:NAME`` where that package is installed,
+  built untrained with ``num_classes`` (torchvision: 3-channel input only;
+  timm passes ``in_chans``). Only models whose classifier is called ``fc``
+  qualify (the ResNet/ResNeXt/RegNet families; not VGG, MobileNet or ViT,
+  whose heads are named otherwise), and whether the exact cost model and the
+  pruner can follow every layer is checked when the job prepares, not here.
+
+Such networks get the same ``arch`` / ``arch_kwargs`` attributes as the
+built-in ones, so exported recipes rebuild them the same way.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
 
 from torch import Tensor, nn
 
 from workers.errors import UnknownArchitecture
 
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
+PLUGIN_GROUP = "prunesearch.models"  # the same group service.db.spec validates against
+HUBS = ("torchvision", "timm")
 
 MIN_INPUT_SIZE = 28
 
@@ -175,26 +198,106 @@ _BUILDERS: dict[str, Callable[[int, int, int], ZooNet]] = {
 }
 
 
-def build(arch: str, *, in_channels: int, num_classes: int, input_size: int) -> ZooNet:
-    """Build an unpruned, freshly initialised network of the zoo.
+def build(arch: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+    """Build an unpruned, freshly initialised network of the zoo or of a plugin.
 
     Args:
-        arch: One of :data:`ARCHS`.
+        arch: One of :data:`ARCHS`, an entry-point name of the
+            ``prunesearch.models`` group, or ``torchvision:NAME`` / ``timm:NAME``.
         in_channels: Image channels (1 or 3 in practice; any positive number works).
         num_classes: Output classes of ``fc`` (at least 2).
-        input_size: Side of the square input images (at least 28). Stored so the
-            network can be rebuilt and profiled at the size it was trained for.
+        input_size: Side of the square input images (at least 28 for the
+            built-in networks). Stored so the network can be rebuilt and
+            profiled at the size it was trained for.
 
     Raises:
-        UnknownArchitecture: ``arch`` is not in the zoo.
+        UnknownArchitecture: ``arch`` names nothing installed, or what it names
+            does not follow the contract (an ``nn.Module`` with an ``fc``).
         ValueError: A size argument is out of range.
     """
     builder = _BUILDERS.get(arch)
-    if builder is None:
-        raise UnknownArchitecture(f"unknown architecture {arch!r}; the zoo has {', '.join(ARCHS)}")
-    if in_channels < 1 or num_classes < 2 or input_size < MIN_INPUT_SIZE:
+    if builder is not None:
+        if in_channels < 1 or num_classes < 2 or input_size < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"need in_channels >= 1, num_classes >= 2, input_size >= {MIN_INPUT_SIZE}; got "
+                f"{in_channels}, {num_classes}, {input_size}"
+            )
+        return builder(in_channels, num_classes, input_size)
+    if in_channels < 1 or num_classes < 2 or input_size < 1:
         raise ValueError(
-            f"need in_channels >= 1, num_classes >= 2, input_size >= {MIN_INPUT_SIZE}; got "
+            f"need in_channels >= 1, num_classes >= 2, input_size >= 1; got "
             f"{in_channels}, {num_classes}, {input_size}"
         )
-    return builder(in_channels, num_classes, input_size)
+    kwargs = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    hub, sep, name = arch.partition(":")
+    if sep and hub in HUBS:
+        model = _from_hub(hub, name, in_channels, num_classes)
+    else:
+        plugin = _plugin(arch)
+        if plugin is None:
+            raise UnknownArchitecture(
+                f"unknown architecture {arch!r}; known: {', '.join(known())}, or "
+                "torchvision:NAME / timm:NAME where that package is installed"
+            )
+        model = plugin(**kwargs)
+    return _adopt(model, arch, kwargs)
+
+
+def known() -> list[str]:
+    """The built-in names, then the installed plugins' (sorted)."""
+    plugins = sorted({ep.name for ep in entry_points(group=PLUGIN_GROUP)} - set(ARCHS))
+    return [*ARCHS, *plugins]
+
+
+def _plugin(arch: str) -> Callable[..., Any] | None:
+    for ep in entry_points(group=PLUGIN_GROUP, name=arch):
+        try:
+            builder = ep.load()
+        except Exception as exc:  # a broken plugin is the user's to fix: say which one
+            raise UnknownArchitecture(
+                f"architecture {arch!r}: entry point {ep.value} cannot be loaded: {exc!r}"
+            ) from exc
+        if not callable(builder):
+            raise UnknownArchitecture(f"architecture {arch!r}: {ep.value} is not callable")
+        return builder
+    return None
+
+
+def _from_hub(hub: str, name: str, in_channels: int, num_classes: int) -> Any:
+    """An untrained torchvision / timm model with ``num_classes`` outputs."""
+    if importlib.util.find_spec(hub) is None:
+        raise UnknownArchitecture(
+            f"{hub}:{name} needs the {hub} package, which is not installed here: pip install {hub}"
+        )
+    module: Any = importlib.import_module(hub)
+    if hub == "torchvision":
+        if in_channels != 3:
+            raise ValueError(
+                f"torchvision models take 3-channel images; got in_channels={in_channels}"
+            )
+        try:
+            return module.models.get_model(name, weights=None, num_classes=num_classes)
+        except ValueError as exc:
+            raise UnknownArchitecture(f"torchvision has no model {name!r}: {exc}") from exc
+    if not module.is_model(name):
+        raise UnknownArchitecture(f"timm has no model {name!r}")
+    return module.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_channels
+    )
+
+
+def _adopt(model: Any, arch: str, kwargs: dict[str, int]) -> nn.Module:
+    """Check a foreign network against the zoo's contract and make it rebuildable."""
+    if not isinstance(model, nn.Module):
+        raise UnknownArchitecture(
+            f"architecture {arch!r} built a {type(model).__name__}, not a torch.nn.Module"
+        )
+    if not isinstance(getattr(model, "fc", None), nn.Module):
+        raise UnknownArchitecture(
+            f"architecture {arch!r}: the final classifier must be an attribute named fc "
+            "(it is the one layer whose outputs are never pruned)"
+        )
+    # Plain attributes, as ZooNet keeps them: export writes them into the recipe.
+    model.__dict__["arch"] = arch
+    model.__dict__["arch_kwargs"] = dict(kwargs)
+    return model

@@ -12,18 +12,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.api.routes import batches, health, jobs
-from service.db.session import migrate
+from service.api.routes import batches, dashboard, health, jobs, weights
+from service.db.session import migrate, session_factory
 from service.errors import (
     Conflict,
     DuplicateCandidate,
+    InvalidInput,
     InvalidTransition,
     NotFound,
     QueueUnavailable,
     ServiceError,
+    UploadTooLarge,
 )
+from service.queue import redis_from_url
+from service.reconcile import Reconciler
 from service.settings import Settings
 
 # Most specific first: the first matching class decides the status code.
@@ -33,6 +39,7 @@ STATUS_CODES: tuple[tuple[type[ServiceError], int], ...] = (
     (DuplicateCandidate, 409),
     (Conflict, 409),
     (QueueUnavailable, 503),
+    (UploadTooLarge, 413),
 )
 
 
@@ -49,6 +56,14 @@ async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status_code_for(exc))
 
 
+async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
+    """A check the schema cannot express replies in FastAPI's own 422 shape, naming the field."""
+    assert isinstance(exc, InvalidInput)
+    loc = ["body", *exc.field.split(".")]
+    error = {"type": "value_error", "loc": loc, "msg": exc.message, "input": None}
+    return await request_validation_exception_handler(request, RequestValidationError([error]))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the schema is migrated to the newest revision at start-up.
 
@@ -60,7 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(migrate, settings.database_url)
+        reconciler = Reconciler(
+            session_factory(settings.database_url),
+            redis_from_url(settings.redis_url),
+            settings.optuna_url,
+        )
+        reconciler.start()
         yield
+        reconciler.stopped.set()
 
     app = FastAPI(
         title="prunesearch",
@@ -70,7 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(InvalidInput, _invalid_input)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(weights.router)
+    app.include_router(dashboard.router)
     return app

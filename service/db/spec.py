@@ -7,16 +7,19 @@ workers without the API importing anything of the workers.
 
 Every field is bounded and every model forbids unknown keys, so a typo is a
 422 naming the field instead of a silently ignored option. Options that
-later issues add (uploaded weights, more samplers) are rejected here until
-they exist, rather than accepted and ignored; options that only make sense
-together (``fold`` needs ``similarity``) are checked here too.
+later issues add (more samplers) are rejected here until they exist, rather
+than accepted and ignored; options that only make sense together (``fold``
+needs ``similarity``) are checked here too.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from importlib.metadata import entry_points
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
 DATASETS = ("fashion-mnist", "digits", "synthetic")
@@ -29,14 +32,67 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Users' own networks: installed packages add builders under this entry-point
+# group (see workers.zoo); torchvision / timm models are named "torchvision:NAME".
+PLUGIN_GROUP = "prunesearch.models"
+HUBS = ("torchvision", "timm")
+_HUB_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def plugin_architectures() -> tuple[str, ...]:
+    """Names installed packages add to the zoo (read from metadata: nothing is imported)."""
+    return tuple(sorted({ep.name for ep in entry_points(group=PLUGIN_GROUP)} - set(ARCHS)))
+
+
+def check_architecture(name: str) -> str:
+    """``name`` when a worker with this process's packages can build it.
+
+    The API validates against its own environment; the workers re-validate
+    the stored spec against theirs, so a plugin installed on one side only
+    fails the job with this same message.
+
+    Raises:
+        ValueError: Unknown name, or a ``torchvision:`` / ``timm:`` name whose
+            package is not installed.
+    """
+    if name in ARCHS:
+        return name
+    hub, sep, model = name.partition(":")
+    if sep and hub in HUBS:
+        if not _HUB_MODEL.match(model):
+            raise ValueError(f"{name!r}: after {hub}: comes a model name such as resnet18")
+        if importlib.util.find_spec(hub) is None:
+            raise ValueError(f"{name} needs the {hub} package, which is not installed")
+        return name
+    plugins = plugin_architectures()
+    if name in plugins:
+        return name
+    raise ValueError(
+        f"unknown architecture {name!r}; known: {', '.join(ARCHS + plugins)}, or "
+        f"torchvision:NAME / timm:NAME where that package is installed"
+    )
+
+
 class ModelSpec(_Strict):
-    arch: Literal["lenet5", "vgg11s", "resnet20", "resnet56"] = "resnet20"
-    weights: None = Field(
+    arch: str = Field(
+        default="resnet20",
+        min_length=1,
+        max_length=200,
+        description="lenet5 | vgg11s | resnet20 | resnet56, a name from the prunesearch.models "
+        "entry points, or torchvision:NAME / timm:NAME where that package is installed.",
+    )
+    weights: str | None = Field(
         default=None,
-        description="Uploaded weights id; only null (train the baseline) is accepted until "
-        "uploads exist.",
+        pattern=r"^[0-9a-f]{32}$",
+        description="Id of uploaded weights of this arch (POST /v1/weights): the baseline "
+        "starts from them and is not pretrained. Null: train the baseline first.",
     )
     pretrain_epochs: int = Field(default=3, ge=0, le=200)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        return check_architecture(value)
 
 
 class DatasetSpec(_Strict):

@@ -20,8 +20,9 @@ from service.batches import BatchCreate
 from service.cleanup import purge_job
 from service.db import batches, repo
 from service.db.models import TERMINAL, Batch, JobStatus
-from service.errors import Conflict, QueueUnavailable
+from service.errors import Conflict, InvalidInput, QueueUnavailable
 from service.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
+from service.uploads import check_job_weights
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -62,6 +63,12 @@ def create_batch(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ["body", *loc.split(".")], "msg": msg, "input": None}]
         ) from exc
+    for i, spec in enumerate(specs):
+        try:
+            check_job_weights(session, owner, spec)
+        except InvalidInput as exc:  # name the spec that holds the field
+            where = f"jobs.{i}" if body.jobs is not None else "base"
+            raise InvalidInput(f"{where}.{exc.field}", exc.message) from exc
     ensure_available(redis)
     request = body.model_dump(mode="json", exclude_none=True)
     batch, jobs = batches.create_batch(session, owner, body.name, request, specs, OVERNIGHT)

@@ -40,8 +40,7 @@ from service.errors import (
     TriageNotReady,
 )
 from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
-
-# WEIGHTS-HOOK from service.uploads import check_job_weights
+from service.uploads import check_job_weights
 
 Priority = Literal["interactive", "overnight"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -98,7 +97,7 @@ def create_job(
         earlier = repo.find_idempotent(session, owner, idempotency_key)
         if earlier is not None:
             return _replay(session, earlier, digest, response)
-    # WEIGHTS-HOOK check_job_weights(session, owner, spec)
+    check_job_weights(session, owner, spec)
     ensure_available(redis)
     try:
         job = repo.create_job(
