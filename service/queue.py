@@ -36,7 +36,10 @@ FINALIZE: Final = "workers.tasks.finalize"
 
 HOUR: Final = 3600
 PREPARE_TIMEOUT: Final = 6 * HOUR
-TRIAL_TIMEOUT: Final = 1 * HOUR
+# A backstop only: a trial stops itself at its JobSpec's limits.trial_s (at
+# most 24 h) and records why; RQ's kill would instead look like a crash and
+# be retried.
+TRIAL_TIMEOUT: Final = 25 * HOUR
 FINALIZE_TIMEOUT: Final = 6 * HOUR
 # Results live in the database; RQ only needs them briefly. A dependency whose
 # RQ record has expired counts as met, so a short TTL never blocks finalize.

@@ -48,6 +48,7 @@ from workers import allocation, baselines, candidate, export, ladder, measure, t
 from workers.context import JobContext, forget, job_context, worker_name
 from workers.latency import latency_ms
 from workers.profiling import build_profile
+from workers.timeouts import TimeLimit, time_limit
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,9 @@ def trial(job_id: str, settings: Settings | None = None, task: int | None = None
         return
     if task is not None and not _resume_slot(settings, job_id, task):
         return
+    if _past_search_limit(settings, job_id, ctx.spec):
+        log.info("trial(%s) skipped: the search ran past limits.search_s", job_id)
+        return
     load_s = ctx.take_load_time()  # non-zero only where this trial loaded it
     timings = {"load_s": load_s, "db_s": time.perf_counter() - t0 - load_s}
     spec, space = ctx.spec, ctx.space()
@@ -248,7 +252,8 @@ def trial(job_id: str, settings: Settings | None = None, task: int | None = None
         outcome["error"] = f"same network as candidate {earlier.id}; score reused"
     else:
         try:
-            with heartbeat(job_id, settings.optuna_url, proposal.number):
+            limit = time_limit(spec.limits.trial_s, "limits.trial_s")
+            with heartbeat(job_id, settings.optuna_url, proposal.number), limit:
                 accuracy, ms = _score(ctx, list(fixed.counts), timings)
             score = flops_aware_score(accuracy, fixed.fill, spec.search.flops_lambda)
             outcome = {"status": CandidateStatus.complete, "score": score, "accuracy": accuracy}
@@ -257,7 +262,8 @@ def trial(job_id: str, settings: Settings | None = None, task: int | None = None
                 objectives = {**objectives, "latency_ms": ms, "latency_ratio": ms / base_ms}
         except Exception as exc:
             log.exception("trial %s of job %s failed", proposal.number, job_id)
-            score, outcome = None, {"status": CandidateStatus.failed, "error": repr(exc)}
+            error = str(exc) if isinstance(exc, TimeLimit) else repr(exc)
+            score, outcome = None, {"status": CandidateStatus.failed, "error": error}
     outcome["objectives"] = objectives
 
     tick = time.perf_counter()
@@ -291,6 +297,19 @@ def _resume_slot(settings: Settings, job_id: str, task: int) -> bool:
     for cand in earlier:
         tell_study(job_id, settings.optuna_url, cand.trial_number, None)
     return True
+
+
+def _search_elapsed(timings: dict[str, Any]) -> float:
+    """Seconds since ``prepare`` opened the search."""
+    return time.time() - datetime.fromisoformat(timings["search_started"]).timestamp()
+
+
+def _past_search_limit(settings: Settings, job_id: str, spec: JobSpec) -> bool:
+    if spec.limits.search_s is None:
+        return False
+    with _session(settings) as s:
+        timings = repo.get_job(s, job_id).timings or {}
+    return _search_elapsed(timings) > spec.limits.search_s
 
 
 def _twin(settings: Settings, job_id: str, key: str, cand_id: int) -> Candidate | None:
@@ -393,6 +412,15 @@ def finalize(job_id: str, settings: Settings | None = None) -> None:
         forget(job_id)
 
 
+def _stopped_early(spec: JobSpec, search_s: float, scored: list[Any]) -> str | None:
+    """Why the search ended before its last trial, or None when every trial ran."""
+    limit = spec.limits.search_s
+    ran = sum(1 for c in scored if c.status != CandidateStatus.lost)
+    if limit is None or search_s <= limit or ran >= spec.search.n_trials:
+        return None
+    return f"limits.search_s: {ran} of {spec.search.n_trials} trials ran in {limit:g} s"
+
+
 def _finalize(job_id: str, settings: Settings, start: float) -> None:
     _, ctx = _load(job_id, settings)
     with _session(settings) as s:
@@ -429,9 +457,7 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         "ratios": best.ratios,
         "counts": best.counts,
     }
-    timings["search_s"] = (
-        time.time() - datetime.fromisoformat(timings["search_started"]).timestamp()
-    )
+    timings["search_s"] = _search_elapsed(timings)
 
     spec = ctx.spec
     built = candidate.build(
@@ -484,6 +510,7 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         "objective": objective,
         "ladder": decision.record,
         "timings": {k: timings[k] for k in ("prepare_s", "search_s", "ladder_s", "finalize_s")},
+        "stopped_early": _stopped_early(spec, timings["search_s"], scored),
         "artifacts": ["model.safetensors", "recipe.json", "pareto.json"]
         + (["model.onnx"] if onnx_path else [])
         + (["sensitivity.json"] if (out / "sensitivity.json").is_file() else []),

@@ -239,21 +239,26 @@ def add_candidate(session: Session, job_id: str, **fields: Any) -> Candidate:
 def finish_candidate(session: Session, candidate_id: int, **fields: Any) -> Candidate:
     """Store a candidate's outcome: status (default ``complete``), score, timings, ...
 
-    ``finished_at`` is set to now unless given.
+    ``finished_at`` is set to now unless given. A candidate already marked
+    ``lost`` stays lost: its slot was given to another run, and a late
+    finish from the run thought dead must not count the trial twice.
 
     Raises:
         CandidateNotFound: No such candidate.
         TypeError: An unknown field.
     """
     _check_fields(fields, _CANDIDATE_FIELDS - {"job_id"}, "Candidate")
-    candidate = session.get(Candidate, candidate_id)
-    if candidate is None:
-        raise CandidateNotFound(candidate_id)
     fields.setdefault("status", CandidateStatus.complete)
     fields.setdefault("finished_at", utcnow())
-    for name, value in fields.items():
-        setattr(candidate, name, value)
+    session.execute(
+        update(Candidate)
+        .where(Candidate.id == candidate_id, Candidate.status != CandidateStatus.lost)
+        .values(**fields)
+    )
     session.commit()
+    candidate = session.get(Candidate, candidate_id, populate_existing=True)
+    if candidate is None:
+        raise CandidateNotFound(candidate_id)
     return candidate
 
 

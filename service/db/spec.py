@@ -267,6 +267,24 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(default=5e-4, ge=0.0, le=0.1)
 
 
+class LimitsSpec(_Strict):
+    """Wall-clock limits, so that a search left overnight ends whatever it meets."""
+
+    trial_s: float = Field(
+        default=3600.0,
+        ge=1.0,
+        le=86_400.0,
+        description="A trial scoring longer is stopped and recorded failed; the search goes on.",
+    )
+    search_s: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=7 * 86_400.0,
+        description="After this long searching, the remaining trials are skipped and the best "
+        "candidate found so far is fine-tuned.",
+    )
+
+
 class JobSpec(_Strict):
     """The whole request for one search job (see DESIGN.md, "JobSpec")."""
 
@@ -280,4 +298,5 @@ class JobSpec(_Strict):
     distillation: DistillSpec = DistillSpec()
     triage: TriageSpec = TriageSpec()
     train: TrainSpec = TrainSpec()
+    limits: LimitsSpec = LimitsSpec()
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

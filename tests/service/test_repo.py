@@ -179,6 +179,13 @@ def test_candidates_lifecycle(session: Session) -> None:
     assert repo.count_candidates(session, job.id) == 2
     assert repo.count_candidates(session, job.id, [CandidateStatus.failed]) == 1
 
+    # A run thought dead that finishes late does not revive its lost candidate.
+    late = repo.add_candidate(session, job.id, **_candidate(2))
+    repo.mark_lost(session, late.id, "its worker died")
+    kept = repo.finish_candidate(session, late.id, score=0.9, accuracy=0.9)
+    assert (kept.status, kept.score) == (CandidateStatus.lost, None)
+    assert repo.count_candidates(session, job.id, [CandidateStatus.complete]) == 1
+
     with pytest.raises(CandidateNotFound):
         repo.finish_candidate(session, 10_000, score=1.0)
     with pytest.raises(TypeError):
