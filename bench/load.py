@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from redis import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import table
-from bench.stack import ROOT, cpu_seconds, memory_kb, require_loopback, stack
+from bench.stack import ROOT, cpu_seconds, hard_stop, memory_kb, require_loopback, stack
 
 READ_P99_TARGET_MS = 200.0
 LIMITS = {"jobs": 1000, "polls": 20_000, "lists": 5000, "concurrency": 256, "deadline": 1800}
@@ -61,11 +62,8 @@ class Sample:
     latency_s: float
     ok: bool
     outcome: str  # the status code, or the exception's class
-    body: Any = None
-
-
-class DeadlineHit(Exception):
-    """The run's hard deadline passed; what was measured so far is reported."""
+    body: Any = None  # a submit's reply, or what went wrong (for errors)
+    at_s: float = 0.0  # when the request started, seconds into its phase
 
 
 async def run_ops(
@@ -96,15 +94,20 @@ async def run_ops(
                 try:
                     resp = await client.request(method, path, params=params, json=body)
                 except httpx.HTTPError as exc:
+                    what = f"{method} {path}: {exc!r}"
                     failed = Sample(op, time.perf_counter() - start, False, type(exc).__name__)
+                    failed.body, failed.at_s = what, start - phase_start
                     samples.append(failed)
                     continue
                 latency = time.perf_counter() - start
                 ok = 200 <= resp.status_code < 300
                 keep = resp.json() if ok and op == "submit" else None
-                samples.append(Sample(op, latency, ok, str(resp.status_code), keep))
+                if not ok:
+                    keep = f"{method} {path}: {resp.status_code} {resp.text[:300]}"
+                done = Sample(op, latency, ok, str(resp.status_code), keep, start - phase_start)
+                samples.append(done)
 
-        start = time.perf_counter()
+        phase_start = start = time.perf_counter()
         loops = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
         cut = False
         try:
@@ -154,6 +157,15 @@ def summarize(samples: list[Sample], op: str, wall_s: float) -> dict[str, Any]:
         "count": len(mine),
         "errors": sum(not s.ok for s in mine),
         "error_outcomes": outcomes,
+        "slowest": [
+            {"at_s": round(s.at_s, 3), "latency_ms": round(s.latency_s * 1000, 1)}
+            for s in sorted(mine, key=lambda s: -s.latency_s)[:5]
+        ],
+        "error_details": [
+            {"at_s": round(s.at_s, 3), "latency_ms": round(s.latency_s * 1000, 1), "what": s.body}
+            for s in mine
+            if not s.ok
+        ][:20],
         "p50_ms": percentile(lat, 50) if lat else None,
         "p99_ms": percentile(lat, 99) if lat else None,
         "max_ms": lat[-1] if lat else None,
@@ -248,6 +260,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sample_statuses": sorted(statuses),
         }
         home = s.home
+        if any(op["errors"] for op in ops.values()):  # kept before the home is deleted
+            log = (s.logs / "api.log").read_text(errors="replace").splitlines()
+            odd = [line for line in log if not re.search(r'HTTP/1.1" 2\d\d ', line)]
+            result["api_log_other_than_2xx"] = odd[-80:]
     result["cleanup"] = {
         "home_deleted": not home.exists(),
         "redis_keys_left": Redis.from_url(args.redis_url).dbsize(),
@@ -341,6 +357,7 @@ def main() -> int:
     parser.add_argument("--deadline", type=int, default=600, help="hard limit of the whole run, s")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
+    hard_stop(args.deadline + 120)
     print(
         f"rate limit: PRUNESEARCH_RATE_LIMIT={args.rate_limit} requests/min per key "
         "(default 600), raised so the load run is not throttled",

@@ -248,3 +248,17 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hard_stop(seconds: int) -> None:
+    """A last-resort deadline: SystemExit after ``seconds`` (SIGALRM), so cleanup still runs.
+
+    The benchmarks stop their own phases at their deadline; this backstop only
+    fires when something hangs past it (a process that never answers).
+    """
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise SystemExit(f"hard deadline of {seconds} s passed: stopping (cleanup runs)")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)

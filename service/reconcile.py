@@ -5,7 +5,9 @@ without its data (or loses some of it), every unfinished job's tasks are
 compared with its rows and requeued where nothing will otherwise run them:
 
 * ``queued`` / ``preparing`` jobs whose ``prepare`` is gone: the whole search
-  is queued again (``prepare`` re-enters ``preparing``).
+  is queued again (``prepare`` re-enters ``preparing``). A job younger than
+  :data:`FRESH_S` is left alone: the request that created it may be queueing
+  it at this moment (the row is committed first).
 * ``searching`` jobs: each trial slot with no record in Redis and no
   candidate in the database (never started), or whose candidate is still
   ``running`` but whose Optuna trial was failed as stale (no heartbeat for
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import optuna
 from optuna.storages import fail_stale_trials
@@ -41,6 +44,7 @@ from service.queue import enqueue_job, missing_tasks, requeue, task_ids
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 30
+FRESH_S = 60
 LOCK = "prunesearch:reconcile"
 
 
@@ -85,6 +89,12 @@ def _orphan_slots(session: Session, job: Job, missing: set[str], optuna_url: str
     return slots
 
 
+def _age_s(job: Job) -> float:
+    created = job.created_at  # SQLite hands it back without its zone: it is UTC
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - created).total_seconds()
+
+
 def reconcile(session: Session, redis: Redis, optuna_url: str) -> Report:
     """One pass over every unfinished job (see the module docstring)."""
     report = Report()
@@ -93,7 +103,8 @@ def reconcile(session: Session, redis: Redis, optuna_url: str) -> Report:
     for job in jobs:
         missing = missing_tasks(redis, job.id, job.n_trials)
         prepare_id, _, finalize_id = task_ids(job.id, job.n_trials)
-        if job.status in (JobStatus.queued, JobStatus.preparing) and prepare_id in missing:
+        early = job.status in (JobStatus.queued, JobStatus.preparing)
+        if early and prepare_id in missing and _age_s(job) > FRESH_S:
             enqueue_job(redis, job.id, job.n_trials, job.queue)
             report.requeued[job.id] = "the whole search"
         elif job.status == JobStatus.searching:

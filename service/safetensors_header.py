@@ -163,7 +163,9 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise HeaderError("the header is not a JSON object (it must start with '{')")
     try:
         header = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
+    except HeaderError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's 4300 digits
         raise HeaderError(f"the header is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise HeaderError("the header nests too deeply") from exc

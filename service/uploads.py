@@ -100,8 +100,8 @@ def new_partial(settings: Settings) -> tuple[str, Path]:
 
 
 def clean_filename(name: str | None) -> str:
-    """The client's file name, kept for display only: no folders, at most 255 characters."""
-    base = PurePosixPath((name or "").replace("\\", "/")).name.strip()
+    """The client's file name, kept for display only: no folders, no NUL, at most 255 characters."""
+    base = PurePosixPath((name or "").replace("\\", "/").replace("\x00", "")).name.strip()
     return base[:255] or "weights.safetensors"
 
 

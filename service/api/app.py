@@ -7,14 +7,17 @@ one table, so the repositories and the queue adapter stay HTTP-free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.routes import batches, dashboard, health, jobs, weights
 from service.db.session import migrate, session_factory
@@ -61,7 +64,52 @@ async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidInput)
     loc = ["body", *exc.field.split(".")]
     error = {"type": "value_error", "loc": loc, "msg": exc.message, "input": None}
-    return await request_validation_exception_handler(request, RequestValidationError([error]))
+    return await _request_invalid(request, RequestValidationError([error]))
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with the floats JSON cannot carry (NaN, Infinity) as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _request_invalid(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422, able to quote a NaN or Infinity the client sent.
+
+    Python's JSON parser accepts them and every float field refuses them, but the
+    default handler cannot encode such an input in its reply (it became a 500).
+    """
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+class RefuseNul:
+    """400 for a NUL character in the path, the query or a header, before any route runs.
+
+    PostgreSQL text cannot hold NUL, so an id, a filter or an Idempotency-Key carrying one
+    failed in the database (a 500) instead of being refused as the client's mistake.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"")
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"]
+            or b"\x00" in query
+            or b"%00" in query
+            or any(b"\x00" in value for _, value in scope["headers"])
+        ):
+            detail = "NUL characters are not allowed in the URL or the headers"
+            await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(RefuseNul)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.include_router(health.router)

@@ -10,6 +10,7 @@ The trial task makes the second run harmless (``workers.tasks._resume_slot``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -212,12 +213,25 @@ def test_a_killed_work_horse_loses_no_trial(stack: Stack) -> None:
     assert all(p.poll() is None for p in stack.procs.values())  # the workers survived
 
 
-def test_a_killed_worker_loses_no_trial(stack: Stack) -> None:
+def test_a_job_whose_workers_all_die_resumes_when_workers_return(stack: Stack) -> None:
+    """Both workers SIGKILLed (one mid-trial): the job waits, then two new workers finish it."""
     stack.worker("a")
     stack.worker("b")
     job_id = stack.api.post("/v1/jobs", json=_slow_spec("chaos-worker", 8)).json()["id"]
     killed = _kill_mid_trial(stack, job_id, whole_worker=True)
-    stack.worker("c")  # a replacement joins; the survivor and it finish the job
+    for name in ("a", "b"):  # the rest of the pool goes too: nobody is left to run anything
+        horse = stack.horse_of(name)  # read before its parent dies and it is reparented
+        for pid in (horse, stack.procs[name].pid):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    before = stack.api.get(f"/v1/jobs/{job_id}").json()
+    time.sleep(5)
+    during = stack.api.get(f"/v1/jobs/{job_id}").json()
+    assert during["status"] == before["status"] == "searching"
+    assert during["progress"] == before["progress"]  # nothing moves while no worker lives
+    stack.worker("c")
+    stack.worker("d")
     _wait_done(stack, job_id, timeout=400)
     recovery = _check_books(stack, job_id, 8, [killed["id"]])
-    print(f"\nworker SIGKILL: lost 0, duplicated 0, recovery {recovery:.1f} s")
+    print(f"\nall workers SIGKILL: lost 0, duplicated 0, recovery {recovery:.1f} s")

@@ -92,7 +92,7 @@ def list_batches(
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[BatchPublic]:
     """The caller's batches, newest first."""
     rows = batches.list_batches(session, owner, limit=limit, offset=offset)

@@ -132,7 +132,7 @@ def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
 ) -> Page[JobPublic]:
     """The caller's jobs, newest first."""
@@ -192,7 +192,7 @@ def list_candidates(
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     order: Annotated[
         CandidateSort, Query(description="Sort key; '-' first for descending, score is best first.")
     ] = "trial",

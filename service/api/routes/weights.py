@@ -242,7 +242,7 @@ def list_weights(
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[UploadPublic]:
     """The caller's uploads, newest first."""
     rows = repo.list_uploads(session, owner, limit=limit, offset=offset)
