@@ -22,6 +22,7 @@ from service.db.spec import JobSpec
 
 TERMINAL = ("done", "failed", "cancelled")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEEP_ALIVE_S = 75
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -68,7 +69,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to serve {args.host} without API keys (PRUNESEARCH_AUTH=none): "
             "keyless mode is for one user on loopback only"
         )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # Idle keep-alive connections are closed after KEEP_ALIVE_S: longer than the
+    # 5 s default, so that a polling client rarely reuses one the server is
+    # closing at that very moment (the client then sees a connection reset).
+    common = {"host": args.host, "port": args.port, "log_level": "info"}
+    common["timeout_keep_alive"] = KEEP_ALIVE_S
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:  # each process builds its own app from the same environment
+        uvicorn.run("service.api.app:create_app", factory=True, workers=args.workers, **common)
     return 0
 
 
@@ -306,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the REST API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes (each uses one core; rate limits and the reconciler lock are "
+        "shared through Redis)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a queue worker that owns one device")

@@ -25,8 +25,12 @@ from service.ratelimit import retry_after
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
+async def get_settings(request: Request) -> Settings:
+    """The settings the app was created with.
+
+    ``async`` (it never blocks) so that FastAPI runs it on the event loop: a
+    sync dependency costs every request a hop through the thread pool.
+    """
     settings: Settings = request.app.state.settings
     return settings
 
@@ -49,8 +53,8 @@ def _redis(url: str) -> Redis:
     return redis_from_url(url)
 
 
-def get_redis(settings: SettingsDep) -> Redis:
-    """The Redis connection RQ jobs are queued on."""
+async def get_redis(settings: SettingsDep) -> Redis:
+    """The Redis connection RQ jobs are queued on (a client object: nothing blocks here)."""
     return _redis(settings.redis_url)
 
 

@@ -53,6 +53,6 @@ def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
     assert [j["id"] for j in jobs_after["items"]] == [j["id"] for j in jobs_before["items"]]
 
     _wait_done(stack, job_id, timeout=300)
-    _check_books(stack, job_id, 12, [])
+    _check_books(stack, job_id, 12, set())
     assert "requeued" not in (stack.logs / "api.log").read_text()
     print("\nAPI SIGKILL and restart: lost 0, duplicated 0, the job never stopped")

@@ -78,7 +78,7 @@ def test_a_redis_restart_loses_no_job(tmp_path: Path, own_redis: RedisProcess) -
         assert f"job {job_id}: requeued trial slots" in out, out
 
         _wait_done(stack, job_id, timeout=300)
-        _check_books(stack, job_id, 8, killed=[])
+        _check_books(stack, job_id, 8, killed=set())
         again = subprocess.run(
             [*CLI, "reconcile"], env=stack.env, capture_output=True, text=True, check=True
         ).stdout
