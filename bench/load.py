@@ -53,7 +53,14 @@ from bench.report import table
 from bench.stack import ROOT, cpu_seconds, hard_stop, memory_kb, require_loopback, stack
 
 READ_P99_TARGET_MS = 200.0
-LIMITS = {"jobs": 1000, "polls": 20_000, "lists": 5000, "concurrency": 256, "deadline": 1800}
+LIMITS = {
+    "jobs": 1000,
+    "polls": 20_000,
+    "lists": 5000,
+    "concurrency": 256,
+    "api_workers": 8,
+    "deadline": 1800,
+}
 
 
 @dataclass
@@ -202,10 +209,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "deadline_s": args.deadline,
         "workers": 0,
+        "api_processes": args.api_workers,
     }
     with stack(args.redis_url, args.database_url, env) as s:
         key = s.create_key("load")
-        url = s.serve(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
+        url = s.serve(
+            timeout=max(1.0, min(120.0, deadline - time.monotonic())), workers=args.api_workers
+        )
         api_pid = s.procs["api"].pid
         with s.client() as c:  # not measured: the key works and the list is empty
             r = c.get("/v1/jobs")
@@ -345,6 +355,9 @@ def main() -> int:
     parser.add_argument("--polls", type=int, default=2000, help="GET /v1/jobs/{id} calls")
     parser.add_argument("--lists", type=int, default=200, help="GET /v1/jobs calls")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="API processes (prunesearch serve --workers)"
+    )
     parser.add_argument("--spec", type=Path, default=ROOT / "examples" / "digits.yaml")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument(

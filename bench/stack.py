@@ -127,11 +127,13 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def serve(self, timeout: float = 90.0) -> str:
-        """Start ``prunesearch serve`` on a free loopback port; returns its URL once ready."""
+    def serve(self, timeout: float = 90.0, workers: int = 1) -> str:
+        """Start ``prunesearch serve --workers N`` on a free loopback port; its URL once ready."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        proc = self._start("api", "serve", "--host", "127.0.0.1", "--port", str(port))
+        proc = self._start(
+            "api", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -241,7 +243,18 @@ def memory_kb(pid: int) -> dict[str, int] | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/PID/stat); 0 once it has exited."""
+    """User + system CPU time of a process and its live children (``serve --workers N``).
+
+    Read from /proc/PID/stat; 0 for a process that has exited.
+    """
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(int(c)) for c in children)
+
+
+def _own_cpu_seconds(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

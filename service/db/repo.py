@@ -398,6 +398,40 @@ def best_candidate(session: Session, job_id: str) -> Candidate | None:
     return session.scalars(stmt).first()
 
 
+def finished_counts(session: Session, job_ids: list[str]) -> dict[str, int]:
+    """Finished candidates (complete, duplicate, failed) of each job, in one query."""
+    stmt = (
+        select(Candidate.job_id, func.count())
+        .where(Candidate.job_id.in_(job_ids), Candidate.status.in_(list(FINISHED_CANDIDATES)))
+        .group_by(Candidate.job_id)
+    )
+    counts = {job_id: int(n) for job_id, n in session.execute(stmt).all()}
+    return {job_id: counts.get(job_id, 0) for job_id in job_ids}
+
+
+def best_candidates(session: Session, job_ids: list[str]) -> dict[str, Candidate]:
+    """:func:`best_candidate` of each job that has one, in one query (a page of jobs)."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=Candidate.job_id,
+            order_by=(Candidate.score.desc(), Candidate.trial_number),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(Candidate.id, rank)
+        .where(
+            Candidate.job_id.in_(job_ids),
+            Candidate.status == CandidateStatus.complete,
+            Candidate.score.is_not(None),
+        )
+        .subquery()
+    )
+    stmt = select(Candidate).join(ranked, Candidate.id == ranked.c.id).where(ranked.c.rank == 1)
+    return {c.job_id: c for c in session.scalars(stmt)}
+
+
 def progress(session: Session, job_id: str) -> tuple[int, int]:
     """``(finished trials, n_trials)``; finished counts complete, duplicate and failed.
 

@@ -339,3 +339,26 @@ def test_parallel_worker_processes_write_safely(db_url: str) -> None:
     with session_factory(db_url)() as s:
         assert repo.progress(s, job_id) == (60, 60)
         assert repo.get_job(s, job_id).status == JobStatus.finalizing
+
+
+def test_page_summaries_match_the_per_job_queries(session: Session) -> None:
+    """A list page's two batched queries give what progress/best_candidate give per job."""
+    jobs = [repo.create_job(session, _spec(f"j{i}"), "interactive") for i in range(4)]
+    outcomes = [
+        [],  # nothing scored yet
+        [(0.7, "complete"), (0.9, "complete"), (None, "failed"), (0.95, "running")],
+        [(0.8, "complete"), (0.8, "complete"), (0.8, "duplicate")],  # a tie: earliest trial
+        [(None, "failed")],
+    ]
+    for job, cands in zip(jobs, outcomes, strict=True):
+        for trial, (score, status) in enumerate(cands):
+            c = repo.add_candidate(session, job.id, **_candidate(trial, key=f"k{trial}"))
+            if status != "running":
+                repo.finish_candidate(session, c.id, score=score, status=CandidateStatus(status))
+    ids = [j.id for j in jobs]
+    done, best = repo.finished_counts(session, ids), repo.best_candidates(session, ids)
+    assert [done[i] for i in ids] == [0, 3, 3, 1]
+    assert done == {i: repo.progress(session, i)[0] for i in ids}
+    expected = {i: repo.best_candidate(session, i) for i in ids}
+    assert {i: c.id for i, c in best.items()} == {i: c.id for i, c in expected.items() if c}
+    assert [best[i].trial_number for i in ids[1:3]] == [1, 0]
