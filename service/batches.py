@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.db.spec import JobSpec
 
 MAX_JOBS = 200
+# Every trial is a queued task: one request must not flood the queue (200
+# jobs of 10,000 trials would be two million tasks).
+MAX_TRIALS = 20_000
 GridValues = Annotated[list[Any], Field(min_length=1, max_length=50)]
 
 
@@ -50,11 +53,18 @@ class BatchCreate(BaseModel):
         """The batch's JobSpecs, in order (grid: last key varies fastest).
 
         Raises:
-            ValueError: a grid cell is not a valid JobSpec; the message names
-                the grid key and the value's index.
+            ValueError: a grid cell is not a valid JobSpec (the message names
+                the grid key and the value's index), or the batch asks for
+                more than :data:`MAX_TRIALS` trials in all.
         """
-        if self.jobs is not None:
-            return list(self.jobs)
+        specs = list(self.jobs) if self.jobs is not None else self._expand()
+        total = sum(spec.search.n_trials for spec in specs)
+        if total > MAX_TRIALS:
+            where = "jobs" if self.jobs is not None else "grid"
+            raise ValueError(f"{where}: the batch asks for {total} trials; at most {MAX_TRIALS}")
+        return specs
+
+    def _expand(self) -> list[JobSpec]:
         assert self.base is not None and self.grid is not None
         base = self.base.model_dump(mode="json")
         keys = list(self.grid)

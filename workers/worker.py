@@ -24,7 +24,8 @@ from service.settings import Settings
 DEFAULT_QUEUES = ("interactive", "overnight")
 # How often a worker looks for tasks abandoned by a dead worker (RQ's default
 # is 10 minutes). A task is abandoned once its worker's heartbeat lapses,
-# about 90 s after the worker died; it is then retried.
+# --maintenance-interval + 60 s after the worker died (90 s by default); it
+# is then retried.
 MAINTENANCE_S = 30
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ def run_worker(
         # maintenance checks (RQ's default: 405 s), so this bounds how long an
         # abandoned task waits for its retry.
         worker_ttl=max(maintenance_interval, 5) + 15,
+        # A running task's heartbeat lasts this + 60 s: how long a dead
+        # worker's task waits before it counts as abandoned (RQ default 30).
+        job_monitoring_interval=min(maintenance_interval, 30),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return worker.work(burst=burst, logging_level="INFO")

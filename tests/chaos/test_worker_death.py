@@ -4,7 +4,8 @@ Real processes: ``prunesearch serve``, ``prunesearch worker`` (each in its
 own process group, so a whole worker and its horse can be killed at once),
 a real Redis and SQLite. RQ owns retries: a killed horse's task is retried
 at once by its worker; a dead worker's task once another worker's
-maintenance finds it abandoned (its heartbeat lapses after about 90 s), so
+maintenance finds it abandoned (its heartbeat lapses after the workers'
+``--maintenance-interval`` + 60 s: 65 s here), so
 a job whose every worker died resumes once workers return.
 The trial task makes the second run harmless (``workers.tasks._resume_slot``).
 """

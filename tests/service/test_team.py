@@ -313,6 +313,10 @@ def test_grid_batch_creates_every_cell_on_the_overnight_queue(
             },
             "at most 200",
         ),
+        (
+            {"name": "b", "jobs": [{**SPEC, "search": {"n_trials": 10_000}}] * 3},
+            "30000 trials; at most 20000",
+        ),
     ],
 )
 def test_a_bad_batch_names_the_field_and_creates_nothing(
