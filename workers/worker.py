@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from types import FrameType
 from typing import Any
 
 import torch
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -27,6 +30,7 @@ DEFAULT_QUEUES = ("interactive", "overnight")
 # --maintenance-interval + 60 s after the worker died (90 s by default); it
 # is then retried.
 MAINTENANCE_S = 30
+RESTART_S = 5
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +48,13 @@ class PrefetchingWorker(Worker):
         # parent computes single-threaded; each horse gets the threads back.
         self._threads = threads or torch.get_num_threads()
         torch.set_num_threads(1)
+
+    asked_to_stop = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT/SIGTERM: remembered, so that :func:`run_worker` does not start it again."""
+        self.asked_to_stop = True
+        super().request_stop(signum, frame)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         torch.set_num_threads(self._threads)
@@ -101,20 +112,31 @@ def run_worker(
     os.environ["PRUNESEARCH_DEVICE"] = device
     os.environ["PRUNESEARCH_WORKER_NAME"] = name
     redis = Redis.from_url(settings.redis_url)
-    worker = PrefetchingWorker(
-        [Queue(q, connection=redis, serializer=JSONSerializer) for q in queues],
-        connection=redis,
-        name=name,
-        serializer=JSONSerializer,
-        threads=threads,
-        maintenance_interval=maintenance_interval,
-        # An idle worker blocks on the queue for worker_ttl - 15 s between
-        # maintenance checks (RQ's default: 405 s), so this bounds how long an
-        # abandoned task waits for its retry.
-        worker_ttl=max(maintenance_interval, 5) + 15,
-        # A running task's heartbeat lasts this + 60 s: how long a dead
-        # worker's task waits before it counts as abandoned (RQ default 30).
-        job_monitoring_interval=min(maintenance_interval, 30),
-    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return worker.work(burst=burst, logging_level="INFO")
+    while True:
+        worker = PrefetchingWorker(
+            [Queue(q, connection=redis, serializer=JSONSerializer) for q in queues],
+            connection=redis,
+            name=name,
+            serializer=JSONSerializer,
+            threads=threads,
+            maintenance_interval=maintenance_interval,
+            # An idle worker blocks on the queue for worker_ttl - 15 s between
+            # maintenance checks (RQ's default: 405 s), so this bounds how long an
+            # abandoned task waits for its retry.
+            worker_ttl=max(maintenance_interval, 5) + 15,
+            # A running task's heartbeat lasts this + 60 s: how long a dead
+            # worker's task waits before it counts as abandoned (RQ default 30).
+            job_monitoring_interval=min(maintenance_interval, 30),
+        )
+        try:
+            worked = worker.work(burst=burst, logging_level="INFO")
+        except (RedisError, OSError, ValueError):  # Redis gone at start or teardown; name taken
+            log.warning("worker %s could not run", name, exc_info=True)
+            worked = False
+        # RQ's loop quits on any error it meets, a lost Redis connection in its
+        # maintenance included; a worker nobody asked to stop starts again.
+        if burst or worker.asked_to_stop:
+            return worked
+        log.warning("worker %s stopped unasked; starting again in %d s", name, RESTART_S)
+        time.sleep(RESTART_S)

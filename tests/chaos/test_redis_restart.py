@@ -92,5 +92,7 @@ def test_a_redis_restart_loses_no_job(tmp_path: Path, own_redis: RedisProcess) -
             [*CLI, "reconcile"], env=stack.env, capture_output=True, text=True, check=True
         ).stdout
         assert "0 jobs had lost tasks" in again  # a finished job is left alone
+        # RQ quits on a lost connection; `prunesearch worker` starts it again.
+        assert all(stack.procs[w].poll() is None for w in ("a", "b")), stack.log_text()
     finally:
         stack.stop()

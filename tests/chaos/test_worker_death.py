@@ -129,6 +129,7 @@ def _slow_spec(name: str, n_trials: int) -> dict[str, Any]:
     spec = tiny_spec(name, n_trials=n_trials).model_dump(mode="json")
     spec["model"] = {"arch": "resnet20", "pretrain_epochs": 1}
     spec["scoring"]["calib_batches"] = 8
+    spec["scoring"]["promote_top_k"] = 0  # finalize is not under test: keep it short
     spec["final"]["finetune_epochs"] = 0.1
     return spec
 
