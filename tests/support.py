@@ -101,3 +101,20 @@ def start_postgres_cluster() -> str | None:
         output = (result.stderr + result.stdout).strip() or "no output"
         errors.append(f"pg_ctlcluster {version} main start exited {result.returncode}: {output}")
     return "; ".join(errors) or "no cluster under /etc/postgresql"
+
+
+def wait_for_api(url: str, api: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Block until ``url/healthz`` answers 200; fail with the API's log if it dies or hangs."""
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or api.poll() is not None:
+            pytest.fail(f"API did not start:\n{log.read_text()}")
+        time.sleep(0.2)

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import redis
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.integration.conftest import tiny_spec
-from tests.support import free_port
+from tests.support import free_port, wait_for_api
 
 CLI = [sys.executable, "-m", "service.cli"]
 REDIS_DB = 11  # 12: chaos tests, 13: service e2e, 15: service tests
@@ -103,16 +102,7 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
         for name, cmd in commands
     ]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                pytest.fail(f"API did not start:\n{(logs / 'api.log').read_text()}")
-            time.sleep(0.2)
+        wait_for_api(url, procs[0], logs / "api.log")
         yield Stack(url, key, names, logs)
     finally:
         for p in procs:

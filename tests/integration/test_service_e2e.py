@@ -24,7 +24,7 @@ import yaml
 from service.db import repo
 from service.db.session import session_factory, session_scope
 from tests.integration.conftest import tiny_spec
-from tests.support import free_port
+from tests.support import free_port, wait_for_api
 from workers import export
 
 CLI = [sys.executable, "-m", "service.cli"]
@@ -81,16 +81,7 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
         for name in names
     ]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                pytest.fail(f"API did not start:\n{(logs / 'api.log').read_text()}")
-            time.sleep(0.2)
+        wait_for_api(url, procs[0], logs / "api.log")
         yield url, env, names, procs[1:], logs
     finally:
         for p in procs:
