@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
@@ -49,7 +48,7 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import table
+from bench.report import save, table
 from bench.stack import ROOT, cpu_seconds, hard_stop, memory_kb, require_loopback, stack
 
 READ_P99_TARGET_MS = 200.0
@@ -378,9 +377,7 @@ def main() -> int:
     )
     result = run(args)
     print(render(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    save(args.json, result)
     return 1 if result["deadline_hit"] else 0
 
 

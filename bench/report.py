@@ -1,7 +1,9 @@
-"""Markdown tables for the benchmark scripts (what docs/benchmarks.md shows)."""
+"""Markdown tables and JSON results of the benchmark scripts (what docs/benchmarks.md shows)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -11,3 +13,10 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def save(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's result as JSON (folders made as needed) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")

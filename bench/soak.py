@@ -31,7 +31,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -46,7 +45,7 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import table
+from bench.report import save, table
 from bench.stack import ROOT, children, hard_stop, memory_kb, require_loopback, stack
 
 DRIFT_TARGET_PCT = 5.0
@@ -340,9 +339,7 @@ def main() -> int:
     hard_stop(args.deadline + 120)
     result = run(args)
     print(render(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    save(args.json, result)
     return 1 if result["deadline_hit"] else 0
 
 

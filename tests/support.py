@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -103,18 +103,35 @@ def start_postgres_cluster() -> str | None:
     return "; ".join(errors) or "no cluster under /etc/postgresql"
 
 
-def wait_for_api(url: str, api: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    """Block until ``url/healthz`` answers 200; fail with the API's log if it dies or hangs."""
+def wait_for_api(
+    url: str,
+    api: subprocess.Popen[bytes],
+    logs: Callable[[], str],
+    path: str = "/healthz",
+    timeout: float = 60,
+) -> None:
+    """Block until ``url + path`` answers 200; fail with ``logs()`` if the API dies or hangs."""
     import httpx
     import pytest
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline or api.poll() is not None:
-            pytest.fail(f"API did not start:\n{log.read_text()}")
+            pytest.fail(f"API did not start:\n{logs()}")
         time.sleep(0.2)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
+    """SIGTERM every process, then SIGKILL those still running after ``timeout``."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()

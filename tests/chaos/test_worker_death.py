@@ -30,7 +30,7 @@ import redis
 
 from search.study import storage, study_name
 from tests.integration.conftest import tiny_spec
-from tests.support import free_port
+from tests.support import free_port, wait_for_api
 
 CLI = [sys.executable, "-m", "service.cli"]
 REDIS_DB = 7
@@ -78,15 +78,7 @@ class Stack:
         )  # fmt: skip
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log_text()
-            time.sleep(0.2)
+        wait_for_api(self.url, self.procs["api"], self.log_text, path="/readyz")
 
     def horse_of(self, name: str) -> int | None:
         """The pid of the worker's work-horse (its forked child), if one runs."""

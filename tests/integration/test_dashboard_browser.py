@@ -29,7 +29,7 @@ import redis
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.integration.conftest import tiny_spec
-from tests.support import free_port, wait_for_api
+from tests.support import free_port, stop_processes, wait_for_api
 
 CLI = [sys.executable, "-m", "service.cli"]
 REDIS_DB = 11  # 12: chaos tests, 13: service e2e, 15: service tests
@@ -102,16 +102,10 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
         for name, cmd in commands
     ]
     try:
-        wait_for_api(url, procs[0], logs / "api.log")
+        wait_for_api(url, procs[0], (logs / "api.log").read_text)
         yield Stack(url, key, names, logs)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         redis.Redis.from_url(redis_url).flushdb()
 
 

@@ -24,7 +24,7 @@ import yaml
 from service.db import repo
 from service.db.session import session_factory, session_scope
 from tests.integration.conftest import tiny_spec
-from tests.support import free_port, wait_for_api
+from tests.support import free_port, stop_processes, wait_for_api
 from workers import export
 
 CLI = [sys.executable, "-m", "service.cli"]
@@ -81,16 +81,10 @@ def stack(tmp_path: Path, redis_base: str) -> Iterator[Stack]:
         for name in names
     ]
     try:
-        wait_for_api(url, procs[0], logs / "api.log")
+        wait_for_api(url, procs[0], (logs / "api.log").read_text)
         yield url, env, names, procs[1:], logs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         redis.Redis.from_url(redis_url).flushdb()
 
 
