@@ -34,7 +34,9 @@ def test_a_trial_whose_heartbeat_stops_is_failed_at_the_next_ask(
         pass
     alive = ask("job", url, space, **kwargs)
     with heartbeat("job", url, alive.number, every=0.2):
-        time.sleep(1.6)  # the dead trial's beat is now older than GRACE_S; alive keeps beating
+        # SQLite stores beats in whole seconds: 2.6 s puts the dead beat more than
+        # GRACE_S behind whatever second the next ask reads; alive keeps beating.
+        time.sleep(2.6)
         ask("job", url, space, **kwargs)
     assert _states(url, "job") == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
 
