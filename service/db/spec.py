@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
-DATASETS = ("fashion-mnist", "digits", "synthetic")
+DATASETS = ("fashion-mnist", "digits", "synthetic", "imagefolder")
 SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
 
 Ratio = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -96,11 +96,97 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: Literal["fashion-mnist", "digits", "synthetic"] = "fashion-mnist"
+    """Which images, at which size, and how they are augmented and normalised.
+
+    ``imagefolder`` reads a class-per-folder tree of PNG/JPEG images, either a
+    folder ``path`` under the configured data directory
+    (``PRUNESEARCH_DATA_DIR``) or an archive uploaded with ``POST /v1/datasets``
+    (``upload``). Its images stream through a DataLoader, so a dataset need
+    not fit in memory. ``input_size``, ``channels``, ``augment`` and
+    ``mean``/``std`` apply to every dataset; left out, each dataset keeps its
+    own (the built-in ones their native 28x28, one channel).
+    """
+
+    name: Literal["fashion-mnist", "digits", "synthetic", "imagefolder"] = "fashion-mnist"
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$",
+        description="imagefolder: folder relative to the data directory (no '..', not absolute).",
+    )
+    upload: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="imagefolder: id of a dataset archive uploaded with POST /v1/datasets.",
+    )
     subset: int | None = Field(
         default=None, ge=100, le=10_000_000, description="Use only this many training images."
     )
     val_fraction: float = Field(default=0.1, ge=0.01, le=0.5)
+    input_size: int | None = Field(
+        default=None,
+        ge=8,
+        le=1024,
+        description="Side of the square network input: images are resized (shorter side) and "
+        "centre-cropped to it. Default: 28 for the built-in sets, 32 for imagefolder.",
+    )
+    channels: Literal[1, 3] | None = Field(
+        default=None,
+        description="1 (grey) or 3 (RGB): images are converted. Default: 1 for the built-in "
+        "sets, 3 for imagefolder.",
+    )
+    augment: Literal["default", "none", "shift", "crop_flip"] = Field(
+        default="default",
+        description="Training augmentation. shift: random shift by 2 px (flip where the labels "
+        "allow); crop_flip: random crop after padding by size/8, and horizontal flip. "
+        "default: shift for the built-in sets, crop_flip for imagefolder.",
+    )
+    mean: tuple[float, ...] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="Per-channel mean in [0, 1] units; computed from the training images "
+        "when left out. Give std with it.",
+    )
+    std: tuple[Annotated[float, Field(gt=0.0)], ...] | None = Field(
+        default=None, min_length=1, max_length=3, description="Per-channel std, with mean."
+    )
+    loader_workers: int = Field(
+        default=2, ge=0, le=32, description="imagefolder: DataLoader worker processes."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError("path must stay inside the data directory (no '..')")
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> Self:
+        if self.name == "imagefolder":
+            if (self.path is None) == (self.upload is None):
+                raise ValueError("imagefolder needs exactly one of path and upload")
+        elif self.path is not None or self.upload is not None:
+            raise ValueError(f"path and upload are for imagefolder, not {self.name}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("mean and std need one value per channel each")
+        if self.mean is not None and self.channels is not None and len(self.mean) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} values (channels)")
+        return self
+
+    @property
+    def resolved_channels(self) -> int:
+        """Image channels the network sees."""
+        return self.channels or (3 if self.name == "imagefolder" else 1)
+
+    @property
+    def resolved_size(self) -> int:
+        """Side of the square input the network sees."""
+        return self.input_size or (32 if self.name == "imagefolder" else 28)
 
 
 class TargetSpec(_Strict):
