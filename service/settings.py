@@ -9,11 +9,12 @@ A deployment sets ``DATABASE_URL`` / ``OPTUNA_URL`` to PostgreSQL and
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SYSTEM_DATA_DIRS = (Path("/usr/share/datasets"),)
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     # training recipe, seed, device kind): a batch of jobs on one model trains
     # it once. Off unless set (PRUNESEARCH_BASELINE_CACHE).
     baseline_cache: Path | None = None
+    # An imagefolder dataset whose decoded images (uint8, at the input size)
+    # fit in this many MiB is decoded once into memory; a larger one streams
+    # from disk through a DataLoader. 0: always stream.
+    dataset_cache_mb: float = Field(default=1024, ge=0)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
@@ -64,6 +69,17 @@ class Settings(BaseSettings):
         path = self.artifacts / job_id
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def dataset_upload_dir(self, upload_id: str) -> Path:
+        """Folder an uploaded dataset archive is extracted to (``<artifacts>/datasets/<id>``).
+
+        The one place that names it: the API extracts there, the workers read
+        from there. Only upload ids (32 hex digits) are accepted, so no id can
+        point outside the folder.
+        """
+        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+            raise ValueError(f"not a dataset upload id: {upload_id!r}")
+        return self.artifacts / "datasets" / upload_id
 
     def dataset_dirs(self, name: str) -> list[Path]:
         """Where to look for a dataset's files, in order (DESIGN.md, "JobSpec")."""

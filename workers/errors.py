@@ -29,3 +29,15 @@ class ProfileBuildError(WorkerError):
 
 class ExportError(WorkerError):
     """An exported network cannot be written, or its files cannot be trusted."""
+
+
+class DatasetInvalid(DatasetNotFound):
+    """A dataset's folder is there but unusable: its layout, its classes or an image.
+
+    A subclass of :class:`DatasetNotFound` so that whoever handles a missing
+    dataset also handles one that cannot be used.
+    """
+
+
+class ImageUnreadable(DatasetInvalid):
+    """One image file of a dataset cannot be decoded; the message names the file."""
