@@ -43,18 +43,29 @@ class Group:
     Attributes:
         name: Name of the group's root module (for example ``layer1.0.conv1``);
             it identifies the group in recipes and in the API.
-        channels: Number of channels of the unpruned group.
+        channels: Channels of the unpruned group per part: the variable a
+            candidate sets. Equal to its channels, except where grouped
+            convolutions cut the group in ``slices`` equal parts.
         layers: Names of the modules whose channels the group couples, so a
             user can see why e.g. every residual conv of a stage moves together.
         stage: Resolution stage of the root's output (0 = largest feature
             map); ``granularity: stage`` gives every group of a stage one
             shared ratio. Profiles written before stages existed read as 0.
+        slices: Equal parts the group is cut in (torch-pruning removes the
+            same positions from every part of a grouped conv's channels):
+            keeping ``n`` keeps ``n * slices`` channels of the network.
     """
 
     name: str
     channels: int
     layers: tuple[str, ...] = ()
     stage: int = 0
+    slices: int = 1
+
+    @property
+    def network_channels(self) -> int:
+        """Channels of the unpruned network in this group."""
+        return self.channels * self.slices
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,7 @@ class ModelProfile:
                         int(g["channels"]),
                         tuple(g.get("layers", ())),
                         int(g.get("stage", 0)),
+                        int(g.get("slices", 1)),
                     )
                     for g in data["groups"]
                 ),

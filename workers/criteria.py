@@ -89,6 +89,10 @@ def select(
 ) -> dict[str, list[int]]:
     """Kept original indices (sorted) per group name; the model is not pruned here.
 
+    ``counts`` count :attr:`~workers.profiling.ChannelGroup.units`: in a group
+    that grouped convolutions cut in parts, scores are averaged over the parts
+    (as torch-pruning does) and the same positions are kept in every part.
+
     ``similarity`` builds, per group, an average-linkage tree over the
     distance ``1 - |corr|`` of the channels' responses (all positions of all
     images, pooled over consumers). Correlation, not a magnitude, because a
@@ -118,10 +122,12 @@ def select(
     if len(counts) != len(groups):
         raise PruneError(f"expected {len(groups)} channel counts, got {len(counts)}")
     for g, n in zip(groups, counts, strict=True):
-        if not 1 <= int(n) <= g.channels:
-            raise PruneError(f"group {g.name}: cannot keep {n} of {g.channels} channels")
+        if not 1 <= int(n) <= g.units:
+            raise PruneError(f"group {g.name}: cannot keep {n} of {g.units} channels")
     if fold and criterion != "similarity":
         raise PruneError(f"fold needs criterion 'similarity', not {criterion!r}")
+    if fold and any(g.slices > 1 for g in groups):
+        raise PruneError("fold does not support groups cut in parts by grouped convolutions")
     if criterion == "similarity":
         assert batches is not None
         clusterings = _clusterings(model, groups, batches)
@@ -131,7 +137,10 @@ def select(
         scores = [c.scores for c in clusterings]
     else:
         scores = importance(model, groups, criterion, batches)
-    return {g.name: top_channels(s, int(n)) for g, s, n in zip(groups, scores, counts, strict=True)}
+    return {
+        g.name: g.expand(top_channels(g.per_unit(s), int(n)))
+        for g, s, n in zip(groups, scores, counts, strict=True)
+    }
 
 
 def top_channels(scores: Tensor, count: int) -> list[int]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from search.profile import ModelProfile, factorisation
+from workers import zoo
 from workers.errors import PruneError
 
 Layer = nn.Conv2d | nn.Linear
@@ -37,10 +38,11 @@ def decomposable(model: nn.Module) -> list[str]:
     """Names of the layers the operator may decompose, in ``named_modules`` order.
 
     Ungrouped ``Conv2d`` and ``Linear`` layers, except the classifier
-    ``model.fc`` (its rank bounds the logits every class depends on) and
-    layers whose full rank is below 2 (nothing to truncate).
+    (:func:`workers.zoo.classifier_of`: its rank bounds the logits every
+    class depends on) and layers whose full rank is below 2 (nothing to
+    truncate).
     """
-    classifier = getattr(model, "fc", None)
+    _, classifier = zoo.classifier_of(model)
     return [
         name
         for name, module in model.named_modules()

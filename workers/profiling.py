@@ -14,11 +14,20 @@ per forward call of a module and for a batch of one,
 * ReLU-like activations: output elements,
 * pooling modules: input elements,
 
-and nothing else (functional ops such as the residual add or ``flatten`` are
-free). Each channel count is either fixed or ``multiplier * n_g`` for one
-group ``g``: conv/linear/BN dims are mapped through the dependency graph's
-handlers, activations and pools through the autograd graph to the module
-that produced their input.
+and nothing else (functional ops such as the residual add, ``flatten``,
+``cat`` or a channel-wise product are free). Each channel dimension is a sum
+of segments, each fixed or ``multiplier * n_g`` for one group ``g``: one
+segment for a plain layer, several where a concatenation (DenseNet) joins
+the outputs of several groups. Conv/linear/BN dims are mapped through the
+dependency graph's handlers, activations and pools through the autograd
+graph to the modules that produced their input (through ``cat`` too).
+
+Grouped convolutions follow torch-pruning: a depthwise conv couples its
+input and output channels (one group, ``groups`` shrinks with it); any
+other grouped conv keeps its ``groups``, so the channel groups it touches
+are cut in ``slices`` equal parts and lose the same positions in every part.
+Such a group's variable ``n_g`` counts kept positions per part
+(:attr:`ChannelGroup.units`), and the network keeps ``slices * n_g`` channels.
 
 The profile also lists every layer the ``lowrank`` operator may decompose
 (:class:`~search.profile.RankSlot`): its channel groups on either side, its
@@ -28,6 +37,8 @@ the cost model needs to price a decomposition exactly.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,7 +50,7 @@ from torch import Tensor, nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from search.profile import Group, ModelProfile, RankSlot, Term
-from workers import lowrank
+from workers import lowrank, zoo
 from workers.errors import ProfileBuildError
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.GELU)
@@ -51,8 +62,13 @@ _POOLS = (
 )
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
-# A channel count: (group index or None for fixed, multiplier or fixed size).
-Factor = tuple[int | None, int]
+# One segment of a channel dimension: (group index or None for fixed, elements
+# per unit of the group or 1, elements it covers in the unpruned network).
+Segment = tuple[int | None, int, int]
+# A channel dimension: the sum of its segments.
+Dim = tuple[Segment, ...]
+# ``(module name, "in"|"out") -> {group index: (elements per unit, elements)}``
+DimMap = dict[tuple[str, str], dict[int, tuple[int, int]]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +85,10 @@ class ChannelGroup:
         channels: Channel count of the unpruned group.
         layers: Names of the conv/linear/BN modules whose channels it couples.
         group: The torch-pruning group with every channel, for importance.
+        slices: Equal parts the channels are cut in (the least common multiple
+            of the ``groups`` of the non-depthwise grouped convs it touches;
+            1 for most groups). Channel ``i`` is position ``i % units`` of
+            part ``i // units``; a part keeps the same positions as the others.
     """
 
     name: str
@@ -76,6 +96,21 @@ class ChannelGroup:
     channels: int
     layers: tuple[str, ...]
     group: tp.Group
+    slices: int = 1
+
+    @property
+    def units(self) -> int:
+        """Positions per part: what a candidate's channel count counts."""
+        return self.channels // self.slices
+
+    def expand(self, positions: Iterable[int]) -> list[int]:
+        """Channel indices (sorted) of kept positions, repeated in every part."""
+        kept, units = list(positions), self.units
+        return sorted(p + part * units for part in range(self.slices) for p in kept)
+
+    def per_unit(self, scores: Tensor) -> Tensor:
+        """Per-channel scores averaged over the parts, as torch-pruning does."""
+        return scores.reshape(self.slices, self.units).mean(0) if self.slices > 1 else scores
 
 
 def channel_groups(
@@ -85,8 +120,13 @@ def channel_groups(
 
     Groups are ordered by their root's position in ``model.named_modules()``,
     so the profile, the pruner and a re-applied recipe all number them alike.
-    The classifier ``model.fc`` is never a root (its outputs are the classes).
-    The model's weights, statistics and train/eval mode are left as they were.
+    The classifier (:func:`workers.zoo.classifier_of`) is never a root (its
+    outputs are the classes). The model's weights, statistics and
+    train/eval mode are left as they were.
+
+    Raises:
+        ProfileBuildError: A group's channels do not split into the parts its
+            grouped convolutions need.
     """
     names = {module: name for name, module in model.named_modules()}
     order = {module: i for i, module in enumerate(names)}
@@ -97,7 +137,7 @@ def channel_groups(
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         model.train(was_training)
-    ignored = [model.fc] if isinstance(getattr(model, "fc", None), nn.Module) else []
+    ignored = [zoo.classifier_of(model)[1]]
     found: list[ChannelGroup] = []
     for group in dg.get_all_groups(
         ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
@@ -114,9 +154,30 @@ def channel_groups(
         full = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
         members = {dep.target.module for dep, _ in full if dep.target.module in names}
         layers = tuple(names[m] for m in sorted(members, key=order.__getitem__))
-        found.append(ChannelGroup(names[root], root, channels, layers, full))
+        slices = _slices(full)
+        if channels % slices:
+            raise ProfileBuildError(
+                f"{names[root]}: its {channels} channels feed grouped convolutions that need "
+                f"them in {slices} equal parts"
+            )
+        found.append(ChannelGroup(names[root], root, channels, layers, full, slices))
     found.sort(key=lambda g: order[g.root])
     return dg, found
+
+
+def _slices(group: tp.Group) -> int:
+    """Parts a group is cut in: lcm of its non-depthwise grouped convs' ``groups``."""
+    slices = 1
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and not _depthwise(module):
+            slices = math.lcm(slices, module.groups)
+    return slices
+
+
+def _depthwise(module: nn.Conv2d) -> bool:
+    """torch-pruning's rule: such a conv couples its input and output channels."""
+    return module.groups == module.out_channels and module.out_channels > 1
 
 
 def build_profile(
@@ -160,7 +221,13 @@ def build_profile(
         input_shape=input_shape,
         num_classes=num_classes,
         groups=tuple(
-            Group(g.name, g.channels, g.layers, _stage(positions[g.name], positions, groups))
+            Group(
+                g.name,
+                g.units,
+                g.layers,
+                _stage(positions[g.name], positions, groups),
+                g.slices,
+            )
             for g in groups
         ),
         flops_terms=_merge(flops),
@@ -177,25 +244,32 @@ def _stage(spatial: int, positions: dict[str, int], groups: list[ChannelGroup]) 
 
 def _rank_slots(
     model: nn.Module,
-    dims: dict[tuple[str, str], Factor],
+    dims: DimMap,
     positions: dict[str, int],
     slices: int,
 ) -> tuple[RankSlot, ...]:
-    """One :class:`RankSlot` per decomposable layer, in ``named_modules`` order."""
+    """One :class:`RankSlot` per decomposable layer, in ``named_modules`` order.
+
+    A layer whose input or output dimension is not a single segment (it reads
+    a concatenation, or feeds grouped convolutions) gets no slot: the slot's
+    cost model has one group per side. It simply stays undecomposed.
+    """
     if slices < 1:
         raise ProfileBuildError(f"slices must be at least 1, got {slices}")
     found = []
     for name in lowrank.decomposable(model):
         module = model.get_submodule(name)
         assert isinstance(module, nn.Conv2d | nn.Linear)
-        (in_group, in_mult), (out_group, out_mult), kernel = _weight_factors(dims, name, module)
-        if out_group is not None and out_mult != 1:
-            raise ProfileBuildError(f"{name}: output features are not one per channel")
         c_in, c_out = (
             (module.in_features, module.out_features)
             if isinstance(module, nn.Linear)
             else (module.in_channels, module.out_channels)
         )
+        d_in, d_out = _dim(dims, name, "in", c_in), _dim(dims, name, "out", c_out)
+        if len(d_in) != 1 or len(d_out) != 1 or (d_out[0][1] != 1 and d_out[0][0] is not None):
+            continue
+        (in_group, in_mult, _), (out_group, _, _) = d_in[0], d_out[0]
+        kernel = 1 if isinstance(module, nn.Linear) else _kernel(module)
         # Slices split conv inputs only, and only where they divide them and leave a rank.
         k = slices if isinstance(module, nn.Conv2d) and c_in % slices == 0 else 1
         k = k if lowrank.full_rank(module, k) >= 2 else 1
@@ -217,14 +291,16 @@ def _rank_slots(
     return tuple(found)
 
 
-def _dimension_map(model: nn.Module, groups: list[ChannelGroup]) -> dict[tuple[str, str], Factor]:
-    """``(module name, "in"|"out") -> (group, multiplier)`` for every pruned dimension.
+def _dimension_map(model: nn.Module, groups: list[ChannelGroup]) -> DimMap:
+    """The groups that make up every pruned dimension, with their multipliers.
 
-    The multiplier is the number of elements per channel: 1 for convs and BN,
-    ``H*W`` for a linear layer fed by a flattened feature map.
+    The multiplier is the number of elements per unit of the group: 1 for
+    convs and BN, ``H*W`` for a linear layer fed by a flattened feature map,
+    times the group's parts where grouped convs cut it in parts. A dimension
+    fed by a concatenation holds several groups.
     """
     names = {module: name for name, module in model.named_modules()}
-    dims: dict[tuple[str, str], Factor] = {}
+    dims: DimMap = {}
     for index, g in enumerate(groups):
         dg = g.group._DG
         for dep, idxs in g.group:
@@ -233,12 +309,11 @@ def _dimension_map(model: nn.Module, groups: list[ChannelGroup]) -> dict[tuple[s
                 continue
             name = names[module]
             size = len(idxs)
-            if size % g.channels:
+            if size % g.units:
                 raise ProfileBuildError(
                     f"{name}: {size} coupled elements are not a multiple of the "
-                    f"{g.channels} channels of group {g.name}"
+                    f"{g.units} channels of group {g.name}"
                 )
-            factor: Factor = (index, size // g.channels)
             if isinstance(module, _BNS):
                 sides = ["in", "out"]
             elif dg.is_out_channel_pruning_fn(dep.handler):
@@ -248,102 +323,129 @@ def _dimension_map(model: nn.Module, groups: list[ChannelGroup]) -> dict[tuple[s
             else:
                 continue
             for side in sides:
-                previous = dims.setdefault((name, side), factor)
-                if previous != factor:
-                    raise ProfileBuildError(f"{name} ({side}) belongs to two groups")
+                entry = (size // g.units, size)
+                if dims.setdefault((name, side), {}).setdefault(index, entry) != entry:
+                    raise ProfileBuildError(f"{name} ({side}) is coupled to {g.name} twice")
     return dims
 
 
-def _factor(dims: dict[tuple[str, str], Factor], name: str, side: str, size: int) -> Factor:
-    return dims.get((name, side), (None, size))
+def _dim(dims: DimMap, name: str, side: str, size: int) -> Dim:
+    """The segments of a dimension of ``size`` elements: its groups, then the fixed rest."""
+    parts: list[Segment] = [
+        (g, mult, covered) for g, (mult, covered) in sorted(dims.get((name, side), {}).items())
+    ]
+    rest = size - sum(covered for _, _, covered in parts)
+    if rest < 0:
+        raise ProfileBuildError(f"{name} ({side}): its groups hold more than its {size} channels")
+    if rest:
+        parts.append((None, rest, rest))
+    return tuple(parts)
 
 
-def _weight_factors(
-    dims: dict[tuple[str, str], Factor], name: str, module: nn.Conv2d | nn.Linear
-) -> tuple[Factor, Factor, int]:
-    """Input and output channel factors of a conv/linear weight, and its kernel area."""
-    if isinstance(module, nn.Linear):
-        return (
-            _factor(dims, name, "in", module.in_features),
-            _factor(dims, name, "out", module.out_features),
-            1,
+def _kernel(module: nn.Conv2d) -> int:
+    return int(module.kernel_size[0] * module.kernel_size[1])
+
+
+def _conv_terms(name: str, module: nn.Conv2d, dims: DimMap, coef: float) -> list[Term]:
+    """``coef * kernel * C_in/groups * C_out`` (MACs per output position times ``coef``).
+
+    Raises:
+        ProfileBuildError: A grouped conv whose channels come from, or go to,
+            more than one source, which torch-pruning cannot cut per group.
+    """
+    d_in = _dim(dims, name, "in", module.in_channels)
+    d_out = _dim(dims, name, "out", module.out_channels)
+    coef *= _kernel(module)
+    if module.groups == 1:
+        return _terms_of(coef, d_in, d_out)
+    if _depthwise(module):
+        if module.in_channels != module.out_channels:
+            raise ProfileBuildError(
+                f"{name}: a conv with groups == out_channels ({module.groups}) but "
+                f"{module.in_channels} input channels is not prunable; use a depthwise conv "
+                "(in_channels == out_channels == groups) or a channel multiplier of 1"
+            )
+        return _terms_of(coef, d_out)
+    if len(d_in) != 1 or len(d_out) != 1:
+        raise ProfileBuildError(
+            f"{name}: a grouped conv (groups={module.groups}) that reads or writes a "
+            "concatenation cannot be pruned per group; put a 1x1 conv before it"
         )
-    if module.groups != 1:
-        raise ProfileBuildError(f"{name}: grouped convolutions are not supported")
-    return (
-        _factor(dims, name, "in", module.in_channels),
-        _factor(dims, name, "out", module.out_channels),
-        int(module.kernel_size[0] * module.kernel_size[1]),
-    )
+    return _terms_of(coef / module.groups, d_in, d_out)
 
 
-def _term(coef: float, *factors: Factor) -> Term:
-    """Fold fixed factors into the coefficient; keep group factors as variables."""
-    groups: list[int] = []
-    for group, value in factors:
-        coef *= value
-        if group is not None:
-            groups.append(group)
-    return Term(float(coef), tuple(sorted(groups)))
+def _terms_of(coef: float, *dims: Dim) -> list[Term]:
+    """``coef * prod(dims)``, each dim a sum of segments, expanded into terms."""
+    terms = []
+    for combo in itertools.product(*dims):
+        value, groups = coef, []
+        for group, mult, _ in combo:
+            value *= mult
+            if group is not None:
+                groups.append(group)
+        terms.append(Term(float(value), tuple(sorted(groups))))
+    return terms
 
 
 def _flops_terms(
     model: nn.Module,
     example: Tensor,
-    dims: dict[tuple[str, str], Factor],
+    dims: DimMap,
     positions: dict[str, int],
 ) -> list[Term]:
-    """Run one forward pass with hooks and emit one or two terms per module call.
+    """Run one forward pass with hooks and emit the terms of every module call.
 
     ``positions`` receives, per conv/linear layer, its output positions summed
     over its calls (what a decomposition's cost scales with).
     """
     terms: list[Term] = []
-    producers: dict[Any, Factor] = {}
+    producers: dict[Any, Dim] = {}
     handles = []
 
-    def channel_of(tensor: Tensor, name: str) -> Factor:
+    def channel_of(tensor: Tensor, name: str) -> Dim:
         found = _trace_producer(tensor.grad_fn, producers)
+        size = int(tensor.shape[1])
         if found is None:
-            return (None, int(tensor.shape[1]))
-        group, mult = found
-        if group is not None and tensor.shape[1] % mult:
-            raise ProfileBuildError(f"{name}: cannot map its input channels to a group")
+            return ((None, size, size),)
+        if sum(covered for _, _, covered in found) != size:
+            raise ProfileBuildError(f"{name}: cannot map its {size} input channels to groups")
         return found
 
     def hook(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
-            c_in, c_out, kernel = _weight_factors(dims, name, module)
             spatial = int(output.shape[2] * output.shape[3])
             positions[name] += spatial
-            terms.append(_term(kernel * spatial, c_in, c_out))
+            terms.extend(_conv_terms(name, module, dims, spatial))
+            c_out = _dim(dims, name, "out", module.out_channels)
             if module.bias is not None:
-                terms.append(_term(spatial, c_out))
+                terms.extend(_terms_of(spatial, c_out))
             producers[output.grad_fn] = c_out
         elif isinstance(module, nn.Linear):
-            c_in, c_out, _ = _weight_factors(dims, name, module)
+            c_in = _dim(dims, name, "in", module.in_features)
+            c_out = _dim(dims, name, "out", module.out_features)
             rows = int(x.numel() // x.shape[-1])
             positions[name] += rows
-            terms.append(_term(rows, c_in, c_out))
+            terms.extend(_terms_of(rows, c_in, c_out))
             if module.bias is not None:
-                terms.append(_term(1, c_out))
+                terms.extend(_terms_of(1, c_out))
             producers[output.grad_fn] = c_out
         elif isinstance(module, _BNS):
-            channel = _factor(dims, name, "out", module.num_features)
+            channel = _dim(dims, name, "out", module.num_features)
             per_channel = int(x.numel() // x.shape[1])
-            terms.append(_term(per_channel * (2 if module.affine else 1), channel))
+            terms.extend(_terms_of(per_channel * (2 if module.affine else 1), channel))
             producers[output.grad_fn] = channel
         elif isinstance(module, _ACTIVATIONS):
             channel = channel_of(output, name)
-            terms.append(_term(int(output.numel() // output.shape[1]), channel))
+            terms.extend(_terms_of(int(output.numel() // output.shape[1]), channel))
         elif isinstance(module, _POOLS):
             channel = channel_of(x, name)
-            terms.append(_term(int(x.numel() // x.shape[1]), channel))
+            terms.extend(_terms_of(int(x.numel() // x.shape[1]), channel))
         else:
             raise ProfileBuildError(
                 f"{name}: the op counter counts {type(module).__name__} layers, which the "
-                "profile does not model"
+                "profile does not model (supported: Conv2d, Linear, BatchNorm, ReLU-like "
+                "activations, pooling); replace it or ask for support"
             )
 
     for name, module in model.named_modules():
@@ -365,12 +467,13 @@ def _bind(hook: Any, name: str) -> Any:
     return bound
 
 
-def _trace_producer(start: Any, producers: dict[Any, Factor]) -> Factor | None:
-    """Walk the autograd graph back to the nearest conv/linear/BN output.
+def _trace_producer(start: Any, producers: dict[Any, Dim]) -> Dim | None:
+    """Walk the autograd graph back to the conv/linear/BN outputs a tensor is made of.
 
-    Activations and pools change no channel, so their channel count is that
-    of whichever parameterised layer produced their input; through a residual
-    add either branch gives the same (coupled) group.
+    Activations, pools, residual adds and channel-wise products change no
+    channel, so the nearest parameterised producer gives the dimension
+    (through an add or a product either side gives the same, coupled,
+    group). A concatenation along channels joins its inputs' dimensions.
     """
     queue = [start]
     seen: set[int] = set()
@@ -381,25 +484,35 @@ def _trace_producer(start: Any, producers: dict[Any, Factor]) -> Factor | None:
         seen.add(id(node))
         if node in producers:
             return producers[node]
+        if type(node).__name__ == "CatBackward0" and getattr(node, "_saved_dim", None) in (1, -3):
+            parts = [_trace_producer(child, producers) for child, _ in node.next_functions]
+            if any(part is None for part in parts):
+                return None
+            return tuple(segment for part in parts if part is not None for segment in part)
         queue.extend(next_fn for next_fn, _ in node.next_functions)
     return None
 
 
-def _params_terms(model: nn.Module, dims: dict[tuple[str, str], Factor]) -> list[Term]:
+def _params_terms(model: nn.Module, dims: DimMap) -> list[Term]:
     """Parameters of every module, as functions of the groups its dims belong to."""
     terms: list[Term] = []
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
         if not own:
             continue
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            c_in, c_out, kernel = _weight_factors(dims, name, module)
-            terms.append(_term(kernel, c_in, c_out))
+        if isinstance(module, nn.Conv2d):
+            terms.extend(_conv_terms(name, module, dims, 1.0))
             if module.bias is not None:
-                terms.append(_term(1, c_out))
+                terms.extend(_terms_of(1, _dim(dims, name, "out", module.out_channels)))
+        elif isinstance(module, nn.Linear):
+            c_out = _dim(dims, name, "out", module.out_features)
+            terms.extend(_terms_of(1, _dim(dims, name, "in", module.in_features), c_out))
+            if module.bias is not None:
+                terms.extend(_terms_of(1, c_out))
         elif isinstance(module, _BNS):
-            channel = _factor(dims, name, "out", module.num_features)
-            terms.extend(_term(1, channel) for _ in own)
+            channel = _dim(dims, name, "out", module.num_features)
+            for _ in own:
+                terms.extend(_terms_of(1, channel))
         elif any(key in dims for key in ((name, "in"), (name, "out"))):
             raise ProfileBuildError(f"{name}: pruned {type(module).__name__} is not modelled")
         else:

@@ -98,14 +98,19 @@ def apply_kept(model: nn.Module, kept: Mapping[str, Sequence[int]], example_inpu
         )
     clean: dict[str, list[int]] = {}
     for g in groups:
-        idxs = [int(i) for i in kept[g.name]]
+        idxs = sorted(int(i) for i in kept[g.name])
         if not idxs:
             raise PruneError(f"group {g.name} would keep no channel")
         if len(set(idxs)) != len(idxs) or not all(0 <= i < g.channels for i in idxs):
             raise PruneError(
                 f"group {g.name}: kept indices must be distinct and in 0..{g.channels - 1}"
             )
-        clean[g.name] = sorted(idxs)
+        if g.expand(i for i in idxs if i < g.units) != idxs:
+            raise PruneError(
+                f"group {g.name}: grouped convolutions need the same positions kept in each "
+                f"of its {g.slices} parts of {g.units} channels"
+            )
+        clean[g.name] = idxs
     _remove_complement(dg, groups, clean)
 
 

@@ -3,8 +3,12 @@
 Every network is built from a name and three integers only, and remembers them
 (``arch`` and ``arch_kwargs`` attributes), because an exported pruned network
 is stored as "zoo name + kept channel indices + weights" rather than as a
-pickled module. Every final classifier is called ``fc``: it is the one layer
+pickled module. The final classifier (:func:`classifier_of`) is the one layer
 whose output channels (the classes) must never be pruned.
+
+Besides the plain LeNet/VGG/ResNet networks, :mod:`workers.zoo_families`
+adds small MobileNetV2, ResNeXt, DenseNet and RegNet-style networks:
+depthwise and grouped convolutions, concatenation and channel gating.
 
 ReLUs are separate module instances at every call site (never reused, never
 functional) so that torch-pruning's op counter sees and counts each one, and
@@ -13,16 +17,17 @@ the dependency graph gets one node per activation.
 Users' own networks come in two ways, resolved after the built-in names:
 
 * a Python package that declares an entry point in the group
-  ``prunesearch.models``; it loads a callable
-  ``builder(*, in_channels, num_classes, input_size) -> nn.Module`` whose
-  final classifier is an attribute named ``fc``. Install the package where
-  the API and the workers run (the API only reads the names from metadata).
-* ``torchvision:NAME`` / ``timm:NAME`` where that package is installed,
-  built untrained with ``num_classes`` (torchvision: 3-channel input only;
-  timm passes ``in_chans``). Only models whose classifier is called ``fc``
-  qualify (the ResNet/ResNeXt/RegNet families; not VGG, MobileNet or ViT,
-  whose heads are named otherwise), and whether the exact cost model and the
-  pruner can follow every layer is checked when the job prepares, not here.
+  ``prunesearch.models``; it loads a callable called with keywords,
+  ``builder(in_channels=..., num_classes=..., input_size=...) -> nn.Module``.
+  Its classifier is found by :func:`classifier_of` (the last ``Linear``), or
+  named by the network's attribute ``prunesearch_classifier`` (a module
+  name such as ``"head.proj"``). Install the package where the API and the
+  workers run (the API only reads the names from metadata).
+* ``torchvision:NAME`` / ``timm:NAME`` where that package imports, built
+  untrained with ``num_classes`` (torchvision: 3-channel input only, see
+  ``dataset.channels``; timm passes ``in_chans``). Whether the exact cost
+  model and the pruner can follow every layer is checked before any
+  training (:mod:`workers.structure`).
 
 Such networks get the same ``arch`` / ``arch_kwargs`` attributes as the
 built-in ones, so exported recipes rebuild them the same way.
@@ -39,27 +44,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from workers.errors import UnknownArchitecture
+from workers.zoo_base import ZooNet
+from workers.zoo_families import FAMILIES
 
-ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
+ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56", *FAMILIES)
 PLUGIN_GROUP = "prunesearch.models"  # the same group service.db.spec validates against
 HUBS = ("torchvision", "timm")
 
 MIN_INPUT_SIZE = 28
-
-
-class ZooNet(nn.Module):
-    """Base of the zoo's networks: carries what is needed to rebuild it."""
-
-    arch: str
-    arch_kwargs: dict[str, int]
-
-    def _remember(self, arch: str, in_channels: int, num_classes: int, input_size: int) -> None:
-        self.arch = arch
-        self.arch_kwargs = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "input_size": input_size,
-        }
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int, padding: int) -> list[nn.Module]:
@@ -195,6 +187,7 @@ _BUILDERS: dict[str, Callable[[int, int, int], ZooNet]] = {
     "vgg11s": VGG11S,
     "resnet20": lambda c, k, s: CifarResNet("resnet20", 20, c, k, s),
     "resnet56": lambda c, k, s: CifarResNet("resnet56", 56, c, k, s),
+    **FAMILIES,
 }
 
 
@@ -205,14 +198,14 @@ def build(arch: str, *, in_channels: int, num_classes: int, input_size: int) -> 
         arch: One of :data:`ARCHS`, an entry-point name of the
             ``prunesearch.models`` group, or ``torchvision:NAME`` / ``timm:NAME``.
         in_channels: Image channels (1 or 3 in practice; any positive number works).
-        num_classes: Output classes of ``fc`` (at least 2).
+        num_classes: Output classes of the classifier (at least 2).
         input_size: Side of the square input images (at least 28 for the
             built-in networks). Stored so the network can be rebuilt and
             profiled at the size it was trained for.
 
     Raises:
         UnknownArchitecture: ``arch`` names nothing installed, or what it names
-            does not follow the contract (an ``nn.Module`` with an ``fc``).
+            does not follow the contract (an ``nn.Module`` with a classifier).
         ValueError: A size argument is out of range.
     """
     builder = _BUILDERS.get(arch)
@@ -286,17 +279,45 @@ def _from_hub(hub: str, name: str, in_channels: int, num_classes: int) -> Any:
     )
 
 
+def classifier_of(model: nn.Module) -> tuple[str, nn.Module]:
+    """The network's final classifier: its outputs are the classes, never pruned.
+
+    The module named by the attribute ``prunesearch_classifier`` when the
+    network sets one; otherwise the last ``nn.Linear`` in module order (the
+    head of every common CNN: ``fc``, ``classifier``, ``head.fc``,
+    ``classifier.3``), and for an all-convolutional network the last conv.
+
+    Raises:
+        UnknownArchitecture: The named module does not exist, or the network
+            has neither a linear nor a convolutional layer.
+    """
+    named = getattr(model, "prunesearch_classifier", None)
+    if isinstance(named, str):
+        try:
+            return named, model.get_submodule(named)
+        except AttributeError as exc:
+            raise UnknownArchitecture(
+                f"prunesearch_classifier names {named!r}, which is not a module of the network"
+            ) from exc
+    last: tuple[str, nn.Module] | None = None
+    for kind in (nn.Linear, nn.Conv2d):
+        for name, module in model.named_modules():
+            if isinstance(module, kind):
+                last = (name, module)
+        if last is not None:
+            return last
+    raise UnknownArchitecture(
+        f"{type(model).__name__} has no Linear or Conv2d layer to serve as its classifier"
+    )
+
+
 def _adopt(model: Any, arch: str, kwargs: dict[str, int]) -> nn.Module:
     """Check a foreign network against the zoo's contract and make it rebuildable."""
     if not isinstance(model, nn.Module):
         raise UnknownArchitecture(
             f"architecture {arch!r} built a {type(model).__name__}, not a torch.nn.Module"
         )
-    if not isinstance(getattr(model, "fc", None), nn.Module):
-        raise UnknownArchitecture(
-            f"architecture {arch!r}: the final classifier must be an attribute named fc "
-            "(it is the one layer whose outputs are never pruned)"
-        )
+    classifier_of(model)
     # Plain attributes, as ZooNet keeps them: export writes them into the recipe.
     model.__dict__["arch"] = arch
     model.__dict__["arch_kwargs"] = dict(kwargs)
