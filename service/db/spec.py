@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56")
+ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56", "mobilenetv2", "resnext", "densenet", "regnet")
 DATASETS = ("fashion-mnist", "digits", "synthetic", "imagefolder")
 SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
 

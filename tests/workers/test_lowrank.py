@@ -89,8 +89,10 @@ def test_rank_is_capped_and_slices_fall_back() -> None:
 def test_decomposable_layers() -> None:
     model = zoo.build("lenet5", in_channels=1, num_classes=10, input_size=28)
     assert lowrank.decomposable(model) == ["features.0", "features.4", "fc1", "fc2"]
-    tiny = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Linear(3, 5))
-    assert lowrank.decomposable(tiny) == ["2"]
+    tiny = nn.Sequential(
+        nn.Conv2d(1, 1, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Linear(3, 5), nn.Linear(5, 2)
+    )
+    assert lowrank.decomposable(tiny) == ["2"]  # "3" is the classifier (the last Linear)
 
 
 def test_restructure_gives_the_same_shapes_and_refuses_other_plans() -> None:

@@ -50,9 +50,11 @@ def test_groups_match_channel_groups(arch_profile: tuple[str, ModelProfile]) -> 
     model = _fresh(arch)
     _, groups = channel_groups(model, torch.zeros(1, *SHAPE))
     assert [g.name for g in profile.groups] == [g.name for g in groups]
-    assert profile.channels == tuple(g.channels for g in groups)
+    assert profile.channels == tuple(g.units for g in groups)
+    assert [g.network_channels for g in profile.groups] == [g.channels for g in groups]
     assert all(g.name in g.layers for g in profile.groups)
-    assert "fc" not in {g.name for g in profile.groups}
+    classifier, _ = zoo.classifier_of(model)
+    assert classifier not in {g.name for g in profile.groups}
 
 
 def test_profile_survives_json(arch_profile: tuple[str, ModelProfile]) -> None:

@@ -17,8 +17,9 @@ def test_builds_and_runs(arch: str, shape: tuple[int, int, int], classes: int) -
     with torch.no_grad():
         out = model(torch.randn(2, *shape))
     assert out.shape == (2, classes)
-    assert isinstance(model.fc, torch.nn.Linear)
-    assert model.fc.out_features == classes
+    _, classifier = zoo.classifier_of(model)
+    assert isinstance(classifier, torch.nn.Linear)
+    assert classifier.out_features == classes
     assert model.arch == arch
     assert model.arch_kwargs == {
         "in_channels": shape[0],

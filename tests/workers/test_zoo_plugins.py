@@ -55,6 +55,16 @@ def no_fc(*, in_channels, num_classes, input_size):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size**2, num_classes))
 
 
+def no_classifier(*, in_channels, num_classes, input_size):
+    return nn.Sequential(nn.Flatten(), nn.ReLU())
+
+
+def named_head(*, in_channels, num_classes, input_size):
+    model = nn.Sequential(nn.Conv2d(in_channels, num_classes, 1), nn.AdaptiveAvgPool2d(1))
+    model.prunesearch_classifier = "0"
+    return model
+
+
 def not_a_module(**kwargs):
     return "a network, promise"
 """
@@ -63,6 +73,8 @@ ENTRY_POINTS = """
 [prunesearch.models]
 tinynet = mynets:build
 nofc = mynets:no_fc
+noclassifier = mynets:no_classifier
+namedhead = mynets:named_head
 notmodule = mynets:not_a_module
 broken = mynets_missing:build
 """
@@ -93,7 +105,11 @@ with torch.no_grad():
     out["round_trip"] = bool(torch.allclose(loaded(x), model(x)))
 out["groups"] = [g.channels for g in groups]
 
-for name in ("nofc", "notmodule", "broken", "tinynet2"):
+out["classifiers"] = {
+    name: zoo.classifier_of(zoo.build(name, in_channels=1, num_classes=7, input_size=28))[0]
+    for name in ("tinynet", "nofc", "namedhead")
+}
+for name in ("noclassifier", "notmodule", "broken", "tinynet2"):
     try:
         zoo.build(name, in_channels=1, num_classes=7, input_size=28)
         out[name] = None
@@ -148,12 +164,22 @@ def _run_with_plugin(tmp_path: Path) -> dict[str, Any]:
 def test_an_entry_point_plugin_builds_prunes_exports_and_validates(tmp_path: Path) -> None:
     out = _run_with_plugin(tmp_path)
 
-    assert out["known"] == [*zoo.ARCHS, "broken", "nofc", "notmodule", "tinynet"]
+    assert out["known"] == [
+        *zoo.ARCHS,
+        "broken",
+        "namedhead",
+        "noclassifier",
+        "nofc",
+        "notmodule",
+        "tinynet",
+    ]
     assert out["arch"] == "tinynet"
     assert out["arch_kwargs"] == {"in_channels": 1, "num_classes": 7, "input_size": 28}
     assert out["logits"] == [2, 7]
     assert out["groups"] == [8, 16] and out["round_trip"]
-    assert "fc" in out["nofc"]
+    # The classifier is the last Linear whatever its name, or the module the network names.
+    assert out["classifiers"] == {"tinynet": "fc", "nofc": "1", "namedhead": "0"}
+    assert "no Linear or Conv2d layer" in out["noclassifier"]
     assert "not a torch.nn.Module" in out["notmodule"]
     assert "mynets_missing:build cannot be loaded" in out["broken"]
     assert "unknown architecture 'tinynet2'" in out["tinynet2"] and "tinynet" in out["tinynet2"]
