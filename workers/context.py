@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from search import Budget, ModelProfile, SearchSpace
-from service.db.spec import JobSpec
+from service.db.spec import DatasetSpec, JobSpec
 from service.settings import Settings
 from workers import data, zoo
+from workers.errors import DatasetNotFound
 
 BASELINE_FILE = "baseline.safetensors"
 _CACHE_SIZE = 2
@@ -142,15 +143,68 @@ def job_context(
 
 
 def load_splits(spec: JobSpec, settings: Settings, device: torch.device | str) -> data.DataSplits:
-    """The job's dataset, split by its seed (the same split in every process)."""
+    """The job's dataset, split by its seed (the same split in every process).
+
+    Raises:
+        DatasetNotFound: The dataset's files or folder are not there (or, a
+            subclass, an imagefolder's tree cannot be used).
+    """
+    ds = spec.dataset
+    folder = dataset_folder(ds, settings) if ds.name == "imagefolder" else None
     return data.load(
-        spec.dataset.name,
-        dirs=settings.dataset_dirs(spec.dataset.name),
+        ds.name,
+        dirs=[] if folder else settings.dataset_dirs(ds.name),
         seed=spec.seed,
-        val_fraction=spec.dataset.val_fraction,
-        subset=spec.dataset.subset,
+        val_fraction=ds.val_fraction,
+        subset=ds.subset,
         device=device,
+        root=folder,
+        input_size=ds.resolved_size,
+        channels=ds.resolved_channels,
+        augment=ds.augment,
+        mean=ds.mean,
+        std=ds.std,
+        loader_workers=ds.loader_workers,
+        cache_mb=settings.dataset_cache_mb,
     )
+
+
+def dataset_folder(ds: DatasetSpec, settings: Settings) -> Path:
+    """An imagefolder's folder: ``path`` under the data directory, or an extracted upload.
+
+    The spec already refuses ``..``; a symbolic link could still lead out of
+    the data directory, so the resolved folder is checked too.
+
+    Raises:
+        DatasetNotFound: No data directory is set, the folder would be outside
+            it, or it does not exist (the message names the folder tried).
+    """
+    if ds.upload is not None:
+        folder = settings.dataset_upload_dir(ds.upload)
+        if not folder.is_dir():
+            raise DatasetNotFound(
+                f"dataset upload {ds.upload} is not there (looked in {folder}): upload the "
+                "archive again with POST /v1/datasets"
+            )
+        return folder
+    if settings.data_dir is None:
+        raise DatasetNotFound(
+            f"imagefolder path {ds.path!r} is relative to the data directory, and none is "
+            "set: set PRUNESEARCH_DATA_DIR"
+        )
+    base = settings.data_dir.resolve()
+    folder = (base / (ds.path or "")).resolve()
+    if not folder.is_relative_to(base):
+        raise DatasetNotFound(
+            f"imagefolder path {ds.path!r} leads to {folder}, outside the data directory "
+            f"{base} (PRUNESEARCH_DATA_DIR)"
+        )
+    if not folder.is_dir():
+        raise DatasetNotFound(
+            f"imagefolder path {ds.path!r}: no folder {folder} in the data directory {base} "
+            "(set by PRUNESEARCH_DATA_DIR)"
+        )
+    return folder
 
 
 def forget(job_id: str) -> None:

@@ -122,3 +122,87 @@ def test_fashion_mnist_missing(tmp_path: Path) -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(ValueError, match="unknown dataset"):
         data.load("imagenet", seed=0, val_fraction=0.1)
+
+
+def test_builtin_at_another_size_and_three_channels() -> None:
+    ds = data.load("synthetic", seed=0, val_fraction=0.1, input_size=32, channels=3)
+    assert (ds.in_channels, ds.size, len(ds.mean), len(ds.std)) == (3, 32, 3, 3)
+    assert isinstance(ds.train, data.MemorySplit)
+    assert ds.train.images.shape[1:] == (1, 28, 28)  # stored native, resized per batch
+    x, y = next(ds.train.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert ds.mean[0] == ds.mean[1] == ds.mean[2]
+    small = data.load("digits", seed=0, val_fraction=0.1, input_size=14)
+    assert next(small.test.batches(8, shuffle=False, generator=None))[0].shape == (8, 1, 14, 14)
+
+
+def test_builtin_defaults_are_the_native_images() -> None:
+    plain = data.load("synthetic", seed=0, val_fraction=0.1)
+    explicit = data.load("synthetic", seed=0, val_fraction=0.1, input_size=28, channels=1)
+    assert (plain.mean, plain.std) == (explicit.mean, explicit.std)
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = plain.train.batches(64, shuffle=True, generator=gen_a, augment=True)
+    b = explicit.train.batches(64, shuffle=True, generator=gen_b, augment=True)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_fit_resizes_with_interpolation_and_repeats_grey() -> None:
+    images = torch.full((2, 1, 28, 28), 100, dtype=torch.uint8)
+    images[:, :, :, 14:] = 200
+    out = data.fit(images, 56, 3)
+    assert out.shape == (2, 3, 56, 56) and out.dtype == torch.uint8
+    assert int(out[0, 2, 0, 0]) == 100 and int(out[0, 2, 0, -1]) == 200
+    assert data.fit(images, None, None) is images
+
+
+def test_builtin_augmentation_kinds_and_given_stats() -> None:
+    def split(**options: object) -> data.MemorySplit:
+        ds = data.load("fashion-mnist", dirs=[FASHION_DIR], seed=0, val_fraction=0.1, **options)  # type: ignore[arg-type]
+        assert isinstance(ds.train, data.MemorySplit)
+        return ds.train
+
+    assert (split().pad, split().hflip) == (2, True)  # default: shift, flips for clothes
+    assert (split(augment="crop_flip", input_size=32).pad, split(augment="none").pad) == (4, 0)
+    given = data.load("digits", seed=0, val_fraction=0.1, channels=3, mean=(0.5,), std=(0.25,))
+    with pytest.raises(ValueError, match="mean and std together"):
+        data.load("digits", seed=0, val_fraction=0.1, mean=(0.5,), std=(0.2, 0.2))
+    assert (given.mean, given.std) == ((0.5,) * 3, (0.25,) * 3)
+    x, _ = next(given.test.batches(4, shuffle=False, generator=None))
+    assert isinstance(given.test, data.MemorySplit)
+    expected = (given.test.images[:4].float().div(255).expand(-1, 3, -1, -1) - 0.5) / 0.25
+    assert torch.allclose(x, expected)
+    with pytest.raises(ValueError, match="unknown augment"):
+        data.load("digits", seed=0, val_fraction=0.1, augment="mixup")
+
+
+def test_a_three_channel_network_runs_on_fashion_mnist() -> None:
+    from workers import zoo
+
+    ds = data.load(
+        "fashion-mnist", dirs=[FASHION_DIR], seed=0, val_fraction=0.1, input_size=32, channels=3
+    )
+    model = zoo.build("resnet20", in_channels=3, num_classes=ds.num_classes, input_size=ds.size)
+    x, y = next(ds.train.batches(8, shuffle=True, generator=torch.Generator(), augment=True))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_crop_augment_is_bounded_by_its_padding() -> None:
+    images = torch.zeros(64, 1, 32, 32, dtype=torch.uint8)
+    images[:, :, 16, 16] = 255
+    out = data.augmented(images, torch.Generator().manual_seed(0), pad=4, hflip=False)
+    rows, cols = torch.nonzero(out[:, 0] == 255, as_tuple=True)[1:]
+    assert len(rows) == 64 and int((rows - 16).abs().max()) == 4
+    assert int((cols - 16).abs().max()) == 4
+    assert data.augmented(images, None, pad=0, hflip=False) is images
+
+
+def test_index_batches() -> None:
+    assert data.index_batches(0, 4, True, None, None) == []
+    batches = data.index_batches(10, 4, False, None, 2)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="batch_size"):
+        data.index_batches(10, 0, False, None, None)
