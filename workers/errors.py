@@ -41,3 +41,16 @@ class DatasetInvalid(DatasetNotFound):
 
 class ImageUnreadable(DatasetInvalid):
     """One image file of a dataset cannot be decoded; the message names the file."""
+
+
+class StructureError(WorkerError):
+    """A network that cannot be searched as given, found before any training.
+
+    ``kind`` is ``"shape"`` when its forward does not fit the dataset's images
+    or classes, and ``"structure"`` when the pruner or the exact cost model
+    cannot follow one of its layers.
+    """
+
+    def __init__(self, message: str, *, kind: str = "structure") -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -46,8 +46,9 @@ from service.errors import InvalidTransition
 from service.settings import Settings
 from workers import allocation, baselines, candidate, export, ladder, measure, train, triage_report
 from workers.context import JobContext, forget, job_context, worker_name
+from workers.errors import StructureError
 from workers.latency import latency_ms
-from workers.profiling import build_profile
+from workers.structure import check as check_structure
 from workers.timeouts import TimeLimit, time_limit
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ def _load(job_id: str, settings: Settings) -> tuple[JobStatus, JobContext]:
 
 
 def _fail(job_id: str, settings: Settings, stage: str, exc: BaseException) -> None:
-    log.error("job %s failed in %s:\n%s", job_id, stage, traceback.format_exc())
+    if isinstance(exc, StructureError):  # the user's network, not a fault: no traceback
+        log.info("job %s refused in %s: %s", job_id, stage, exc)
+    else:
+        log.error("job %s failed in %s:\n%s", job_id, stage, traceback.format_exc())
     with _session(settings) as s:
         active = {JobStatus.queued, JobStatus.preparing, JobStatus.searching, JobStatus.finalizing}
         try:
@@ -123,15 +127,17 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         _, ctx = _load(job_id, settings)
         ctx.take_load_time()  # part of prepare_s, not of the first trial
         spec = ctx.spec
+        # Before any training: a network that does not fit the data or the pruner fails
+        # in a second with the reason. Its profile is structural, so it is the job's.
+        with torch.random.fork_rng(devices=[]):  # building it leaves the job's seed alone
+            profile = check_structure(
+                ctx.fresh_model().cpu(),
+                input_shape=ctx.input_shape,
+                num_classes=ctx.data.num_classes,
+                arch=spec.model.arch,
+                slices=spec.search.lowrank_slices,
+            ).profile
         model = baselines.trained(ctx)
-        profile = build_profile(
-            model.cpu(),
-            arch=spec.model.arch,
-            input_shape=ctx.input_shape,
-            num_classes=ctx.data.num_classes,
-            slices=spec.search.lowrank_slices,
-        )
-        model.to(ctx.device)
         ctx.profile = profile
         space = ctx.space()
         repair(space, [1.0] * space.size, ctx.budget())  # infeasible: fail now

@@ -21,6 +21,7 @@ from service.cleanup import purge_job
 from service.db import batches, repo
 from service.db.models import TERMINAL, Batch, JobStatus
 from service.errors import Conflict, InvalidInput, QueueUnavailable
+from service.modelcheck import model_refusals, spec_classes
 from service.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
 from service.uploads import check_job_weights
 
@@ -67,8 +68,12 @@ def create_batch(
         try:
             check_job_weights(session, owner, spec)
         except InvalidInput as exc:  # name the spec that holds the field
-            where = f"jobs.{i}" if body.jobs is not None else "base"
-            raise InvalidInput(f"{where}.{exc.field}", exc.message) from exc
+            raise _in_cell(body, i, exc) from exc
+    # One subprocess for the batch's distinct (network, shape) pairs.
+    classes = [spec_classes(spec) for spec in specs]
+    for i, refusal in enumerate(model_refusals(specs, num_classes=classes)):
+        if refusal is not None:
+            raise _in_cell(body, i, InvalidInput("model.arch", refusal))
     ensure_available(redis)
     request = body.model_dump(mode="json", exclude_none=True)
     batch, jobs = batches.create_batch(session, owner, body.name, request, specs, OVERNIGHT)
@@ -85,6 +90,12 @@ def create_batch(
         batches.delete_batch(session, batch.id)
         raise
     return _public(session, batch)
+
+
+def _in_cell(body: BatchCreate, index: int, exc: InvalidInput) -> InvalidInput:
+    """``exc`` with its field inside the batch: ``jobs.N.<field>``, or ``base.<field>``."""
+    where = f"jobs.{index}" if body.jobs is not None else "base"
+    return InvalidInput(f"{where}.{exc.field}", exc.message)
 
 
 @router.get("", response_model=Page[BatchPublic])

@@ -39,6 +39,7 @@ from service.errors import (
     ResultNotReady,
     TriageNotReady,
 )
+from service.modelcheck import check_job_model, spec_classes
 from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 from service.uploads import check_job_weights
 
@@ -98,6 +99,7 @@ def create_job(
         if earlier is not None:
             return _replay(session, earlier, digest, response)
     check_job_weights(session, owner, spec)
+    check_job_model(spec, num_classes=spec_classes(spec))
     ensure_available(redis)
     try:
         job = repo.create_job(
