@@ -103,3 +103,27 @@ class UploadNotFound(NotFound):
     def __init__(self, upload_id: str) -> None:
         super().__init__(f"upload {upload_id!r} not found")
         self.upload_id = upload_id
+
+
+class DatasetTooLarge(UploadTooLarge):
+    """A dataset archive over ``Settings.max_dataset_mb`` (HTTP 413); reading stopped there."""
+
+    def __init__(self, field: str, limit_bytes: int) -> None:
+        super().__init__(field, limit_bytes)
+        mib = limit_bytes / 2**20
+        self.args = (f"{field}: over the dataset limit of {mib:g} MiB (max_dataset_mb)",)
+
+
+class ArchiveRefused(InvalidInput):
+    """A dataset archive that is unsafe or holds no usable dataset (HTTP 422 on ``file``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("file", message)
+
+
+class DatasetNotFound(NotFound):
+    """No dataset of the caller's has this id."""
+
+    def __init__(self, dataset_id: str) -> None:
+        super().__init__(f"dataset {dataset_id!r} not found")
+        self.dataset_id = dataset_id

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     rate_limit: int = 600
     # Largest accepted weights upload (POST /v1/weights).
     max_upload_mb: int = 512
+    # Largest accepted dataset archive (POST /v1/datasets); it may unpack to 4x that,
+    # and hold at most max_dataset_files members (files and folders).
+    max_dataset_mb: int = 2048
+    max_dataset_files: int = 500_000
     # Trained baselines keyed by everything that determines them (model, data,
     # training recipe, seed, device kind): a batch of jobs on one model trains
     # it once. Off unless set (PRUNESEARCH_BASELINE_CACHE).

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.routes import batches, dashboard, health, jobs, weights
+from service.api.routes import batches, dashboard, datasets, health, jobs, weights
 from service.db.session import migrate, session_factory
 from service.errors import (
     Conflict,
@@ -147,5 +147,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(weights.router)
+    app.include_router(datasets.router)
     app.include_router(dashboard.router)
     return app

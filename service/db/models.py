@@ -87,6 +87,24 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Dataset(Base):
+    """An image dataset a user uploaded as an archive, checked and unpacked for the workers."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    filename: Mapped[str] = mapped_column(String(255))
+    classes: Mapped[list[Any]] = mapped_column(JSON, doc="class folder names, sorted")
+    images: Mapped[dict[str, Any]] = mapped_column(JSON, doc="images per split: train, test, ...")
+    channels: Mapped[list[Any]] = mapped_column(JSON, doc="channel counts seen (1 grey, 3 RGB)")
+    bytes: Mapped[int] = mapped_column(BigInteger, doc="size of the unpacked images")
+    archive_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), doc="of the archive")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Batch(Base):
     """A set of jobs submitted together (a list of specs or a grid) for the overnight queue."""
 

@@ -18,6 +18,7 @@ from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
 from service.cleanup import purge_job
+from service.datasets import dataset_classes
 from service.db import batches, repo
 from service.db.models import TERMINAL, Batch, JobStatus
 from service.errors import Conflict, InvalidInput, QueueUnavailable
@@ -54,7 +55,11 @@ def _public(session: SessionDep, batch: Batch) -> BatchPublic:
 
 @router.post("", status_code=201, response_model=BatchPublic)
 def create_batch(
-    body: BatchCreate, session: SessionDep, redis: RedisDep, owner: OwnerDep
+    body: BatchCreate,
+    session: SessionDep,
+    redis: RedisDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
 ) -> BatchPublic:
     """Validate every job, store them with the batch, queue them on ``overnight``."""
     try:
@@ -64,13 +69,14 @@ def create_batch(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ["body", *loc.split(".")], "msg": msg, "input": None}]
         ) from exc
+    classes: list[int | None] = []
     for i, spec in enumerate(specs):
         try:
             check_job_weights(session, owner, spec)
+            classes.append(dataset_classes(session, owner, spec, settings) or spec_classes(spec))
         except InvalidInput as exc:  # name the spec that holds the field
             raise _in_cell(body, i, exc) from exc
     # One subprocess for the batch's distinct (network, shape) pairs.
-    classes = [spec_classes(spec) for spec in specs]
     for i, refusal in enumerate(model_refusals(specs, num_classes=classes)):
         if refusal is not None:
             raise _in_cell(body, i, InvalidInput("model.arch", refusal))

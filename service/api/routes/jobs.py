@@ -28,6 +28,7 @@ from service.api.schemas import (
     ParetoPublic,
 )
 from service.cleanup import purge_job
+from service.datasets import dataset_classes
 from service.db import repo
 from service.db.models import TERMINAL, CandidateStatus, Job, JobStatus
 from service.db.spec import JobSpec
@@ -86,6 +87,7 @@ def create_job(
     session: SessionDep,
     redis: RedisDep,
     owner: OwnerDep,
+    settings: SettingsDep,
     response: Response,
     queue: Annotated[Priority, Query(description="interactive (default) or overnight")] = (
         INTERACTIVE
@@ -99,7 +101,8 @@ def create_job(
         if earlier is not None:
             return _replay(session, earlier, digest, response)
     check_job_weights(session, owner, spec)
-    check_job_model(spec, num_classes=spec_classes(spec))
+    classes = dataset_classes(session, owner, spec, settings)
+    check_job_model(spec, num_classes=classes or spec_classes(spec))
     ensure_available(redis)
     try:
         job = repo.create_job(
