@@ -39,10 +39,14 @@ NEEDS_CURVES = frozenset({"genetic", "sensitivity"})
 
 
 def tp_importance(model: nn.Module, example: torch.Tensor) -> list[list[float]]:
-    """Torch-Pruning's group importance of every channel, per group in profile order."""
+    """Torch-Pruning's group importance of every channel, per group in profile order.
+
+    A group cut in parts by grouped convolutions gets one score per position
+    (averaged over its parts, as torch-pruning does), like its profile variable.
+    """
     importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer="mean")
     _, groups = channel_groups(model, example)
-    return [[float(v) for v in importance(g.group)] for g in groups]
+    return [[float(v) for v in g.per_unit(importance(g.group))] for g in groups]
 
 
 def plan(ctx: JobContext, model: nn.Module, report: dict[str, Any] | None) -> dict[str, Any]:

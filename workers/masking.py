@@ -112,10 +112,11 @@ class DynamicMasks:
         if len(counts) != len(groups):
             raise PruneError(f"expected {len(groups)} channel counts, got {len(counts)}")
         for g, n in zip(groups, counts, strict=True):
-            if not 1 <= int(n) <= g.channels:
-                raise PruneError(f"group {g.name}: cannot keep {n} of {g.channels} channels")
+            if not 1 <= int(n) <= g.units:
+                raise PruneError(f"group {g.name}: cannot keep {n} of {g.units} channels")
         self._groups = list(groups)
-        self._counts = {g.name: int(n) for g, n in zip(groups, counts, strict=True)}
+        # Channels kept: counts are per part where grouped convs cut a group in parts.
+        self._counts = {g.name: int(n) * g.slices for g, n in zip(groups, counts, strict=True)}
         self._select = select
         self.every = int(every)
         self._consumers: list[tuple[nn.Module, int, int]] = []  # (module, dim, width)

@@ -80,13 +80,13 @@ def sensitivity_curves(
     if round_to < 1:
         raise ValueError(f"round_to must be positive, got {round_to}")
     _, groups = channel_groups(make_model(), example_inputs)
-    full = [g.channels for g in groups]
+    full = [g.units for g in groups]
     curves: dict[str, list[tuple[float, float]]] = {}
     for index, group in enumerate(groups):
         by_count: dict[int, float] = {}
         curve: list[tuple[float, float]] = []
         for ratio in points:
-            kept = kept_channels(ratio, group.channels, round_to)
+            kept = kept_channels(ratio, group.units, round_to)
             if kept not in by_count:
                 model = make_model()
                 counts = list(full)
