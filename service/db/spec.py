@@ -131,8 +131,10 @@ class DatasetSpec(_Strict):
         description="Side of the square network input: images are resized (shorter side) and "
         "centre-cropped to it. Default: 28 for the built-in sets, 32 for imagefolder.",
     )
-    channels: Literal[1, 3] | None = Field(
+    channels: int | None = Field(
         default=None,
+        ge=1,
+        le=3,
         description="1 (grey) or 3 (RGB): images are converted. Default: 1 for the built-in "
         "sets, 3 for imagefolder.",
     )
@@ -142,19 +144,26 @@ class DatasetSpec(_Strict):
         "allow); crop_flip: random crop after padding by size/8, and horizontal flip. "
         "default: shift for the built-in sets, crop_flip for imagefolder.",
     )
-    mean: tuple[float, ...] | None = Field(
+    mean: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] | None = Field(
         default=None,
         min_length=1,
         max_length=3,
         description="Per-channel mean in [0, 1] units; computed from the training images "
         "when left out. Give std with it.",
     )
-    std: tuple[Annotated[float, Field(gt=0.0)], ...] | None = Field(
+    std: tuple[Annotated[float, Field(gt=0.0, le=10.0)], ...] | None = Field(
         default=None, min_length=1, max_length=3, description="Per-channel std, with mean."
     )
     loader_workers: int = Field(
         default=2, ge=0, le=32, description="imagefolder: DataLoader worker processes."
     )
+
+    @field_validator("channels")
+    @classmethod
+    def _grey_or_rgb(cls, value: int | None) -> int | None:
+        if value == 2:
+            raise ValueError("channels must be 1 (grey) or 3 (RGB)")
+        return value
 
     @field_validator("path")
     @classmethod

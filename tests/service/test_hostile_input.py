@@ -46,7 +46,7 @@ from tests.service.test_uploads import ARGS, _Evil, _raw, _state, _stored, _text
 SPEC: dict[str, Any] = {
     "name": "hostile-lenet",
     "model": {"arch": "lenet5", "pretrain_epochs": 0},
-    "dataset": {"name": "synthetic"},
+    "dataset": {"name": "synthetic", "mean": [0.5], "std": [0.25]},
     "target": {"flops_ratio": 0.5},
     "search": {"n_trials": 2},
 }
@@ -120,9 +120,12 @@ class Walker:
         kind = schema.get("type")
         if "enum" in schema or "const" in schema:
             allowed = schema.get("enum", [schema.get("const")])
-            if not all(isinstance(v, str) for v in allowed):
-                self.unknown.append(f"{where}: a non-string enum")
-            yield Bad(loc, "enum", "not-" + "-".join(allowed)[:40])
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in allowed):
+                yield Bad(loc, "enum", max(allowed) + 1)
+            elif not all(isinstance(v, str) for v in allowed):
+                self.unknown.append(f"{where}: an enum of mixed types")
+            else:
+                yield Bad(loc, "enum", "not-" + "-".join(allowed)[:40])
         if kind == "object":
             yield from self._object(schema, current, loc)
         elif kind == "array":

@@ -64,6 +64,7 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
             "api_keys",
             "uploads",
             "batches",
+            "datasets",
         }
     finally:
         engine.dispose()
