@@ -44,6 +44,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from workers.errors import UnknownArchitecture
+from workers.hub_import import import_hub
 from workers.zoo_base import ZooNet
 from workers.zoo_families import FAMILIES
 
@@ -262,7 +263,7 @@ def _from_hub(hub: str, name: str, in_channels: int, num_classes: int) -> Any:
         raise UnknownArchitecture(
             f"{hub}:{name} needs the {hub} package, which is not installed here: pip install {hub}"
         )
-    module: Any = importlib.import_module(hub)
+    module: Any = import_hub(hub)
     if hub == "torchvision":
         if in_channels != 3:
             raise ValueError(
