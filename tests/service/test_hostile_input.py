@@ -15,6 +15,7 @@ import json
 import math
 import pickle
 import re
+import shutil
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from service.api.app import create_app
 from service.api.deps import get_owner
 from service.batches import BatchCreate
+from service.datasets import add_dataset
 from service.db import keys, repo
 from service.db import uploads as uploads_repo
 from service.db.models import Batch, Job, JobStatus, Upload
@@ -40,6 +42,7 @@ from service.db.session import session_factory
 from service.db.spec import JobSpec
 from service.settings import Settings
 from service.uploads import UploadArgs, upload_path
+from tests.imagefolders import write_digits
 from tests.service.conftest import add_key
 from tests.service.test_uploads import ARGS, _Evil, _raw, _state, _stored, _text
 
@@ -477,9 +480,15 @@ class AliceHas:
     batch: str  # one queued job
     batch_job: str
     upload: str
+    dataset: str
 
     def url(self, path: str) -> str:
-        ids = {"job_id": self.job, "batch_id": self.batch, "upload_id": self.upload}
+        ids = {
+            "job_id": self.job,
+            "batch_id": self.batch,
+            "upload_id": self.upload,
+            "dataset_id": self.dataset,
+        }
         ids["name"] = "result.json" if path.startswith("/v1/") else "app.js"
         unknown = set(re.findall(r"\{(\w+)\}", path)) - set(ids)
         assert not unknown, f"{path}: which of alice's objects goes in {unknown}?"
@@ -502,9 +511,18 @@ def alice_has(alice: TestClient, settings: Settings) -> AliceHas:
             repo.transition(s, job, to, allowed_from={frm})
         repo.update_job(s, job, result={"best": {"accuracy": 0.9}}, triage={"curves": {}})
         upload = _upload_row(s, settings, "alice")
+        dataset = _dataset_row(s, settings, "alice")
     for name in ARTIFACTS:
         (settings.job_dir(job) / name).write_bytes(b"{}")
-    return AliceHas(job, batch["id"], batch["jobs"][0]["id"], upload)
+    return AliceHas(job, batch["id"], batch["jobs"][0]["id"], upload, dataset)
+
+
+def _dataset_row(session: Session, settings: Settings, owner: str) -> str:
+    """A real uploaded image dataset (two digits per class), added as the CLI would."""
+    root = settings.artifacts / "source-images"
+    write_digits(root, per_class=2)
+    archive = Path(shutil.make_archive(str(settings.artifacts / "source"), "zip", root))
+    return add_dataset(session, settings, owner=owner, source=archive).id
 
 
 def _upload_row(session: Session, settings: Settings, owner: str) -> str:

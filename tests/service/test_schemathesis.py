@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ from schemathesis.python import asgi
 
 from service.api.app import create_app
 from service.batches import BatchCreate
+from service.datasets import add_dataset
 from service.db import uploads as uploads_repo
 from service.db.session import session_factory
 from service.db.spec import SearchSpec
 from service.settings import Settings
 from service.uploads import upload_path
+from tests.imagefolders import write_digits
 from tests.service.conftest import add_key
 
 REDIS_DB = 12  # not the other service tests' database: this module's jobs stay queued in it
@@ -104,8 +107,13 @@ def _objects(client: TestClient, headers: dict[str, str], settings: Settings) ->
             arch_kwargs={"in_channels": 1, "num_classes": 10, "input_size": 28},
             filename="w.safetensors", size=7, sha256="0" * 64, tensors=10,
         )  # fmt: skip
+        images = settings.artifacts / "source-images"
+        write_digits(images, per_class=2)
+        archive = Path(shutil.make_archive(str(settings.artifacts / "source"), "zip", images))
+        dataset_id = add_dataset(s, settings, owner="alice", source=archive).id
     (settings.job_dir(job.json()["id"]) / "result.json").write_text("{}")
     return {
+        "dataset_id": dataset_id,
         "job_id": job.json()["id"],
         "batch_id": batch.json()["id"],
         "upload_id": upload_id,
