@@ -20,7 +20,6 @@ A job names a dataset by ``dataset.upload`` (the caller's upload) or by
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -37,6 +36,7 @@ from service.db.models import Dataset
 from service.db.spec import JobSpec
 from service.errors import Conflict, DatasetNotFound, InvalidInput
 from service.settings import Settings
+from service.uploads import clean_filename, copy_hashed
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst"})
@@ -72,12 +72,6 @@ def new_partial(settings: Settings) -> tuple[str, Path]:
     folder = settings.dataset_upload_dir(dataset_id).parent
     folder.mkdir(parents=True, exist_ok=True)
     return dataset_id, folder / f".{dataset_id}.archive"
-
-
-def clean_filename(name: str | None) -> str:
-    """The client's file name, kept for display only: no folders, no NUL, at most 255 characters."""
-    base = PurePosixPath((name or "").replace("\\", "/").replace("\x00", "")).name.strip()
-    return base[:255] or "dataset.zip"
 
 
 def _image_name(member: Member) -> None:
@@ -214,8 +208,9 @@ def save_dataset(
                 session,
                 dataset_id=dataset_id,
                 owner=owner,
-                name=(name or "").strip()[:100] or PurePosixPath(clean_filename(filename)).stem,
-                filename=clean_filename(filename),
+                name=(name or "").strip()[:100]
+                or PurePosixPath(clean_filename(filename, "dataset.zip")).stem,
+                filename=clean_filename(filename, "dataset.zip"),
                 classes=layout.classes,
                 images=layout.images,
                 channels=sorted(set(channels)),
@@ -238,18 +233,10 @@ def add_dataset(
 ) -> Dataset:
     """Add a local archive (the CLI's and the local mode's way in): the same checks as the API."""
     dataset_id, partial = new_partial(settings)
-    digest = hashlib.sha256()
-    try:
-        with source.open("rb") as src, partial.open("xb") as dst:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    sha256 = copy_hashed(source, partial)
     return save_dataset(
         session, settings, owner=owner, dataset_id=dataset_id, partial=partial,
-        filename=source.name, name=name, sha256=digest.hexdigest(),
+        filename=source.name, name=name, sha256=sha256,
     )  # fmt: skip
 
 

@@ -99,10 +99,24 @@ def new_partial(settings: Settings) -> tuple[str, Path]:
     return upload_id, uploads_dir(settings) / f".{upload_id}.partial"
 
 
-def clean_filename(name: str | None) -> str:
+def clean_filename(name: str | None, default: str = "weights.safetensors") -> str:
     """The client's file name, kept for display only: no folders, no NUL, at most 255 characters."""
     base = PurePosixPath((name or "").replace("\\", "/").replace("\x00", "")).name.strip()
-    return base[:255] or "weights.safetensors"
+    return base[:255] or default
+
+
+def copy_hashed(source: Path, partial: Path) -> str:
+    """Copy a local file to an upload's partial file; its SHA-256 (nothing is left on failure)."""
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as src, partial.open("xb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
@@ -254,15 +268,7 @@ def add_upload(
         first = exc.errors()[0]
         raise InvalidInput(str(first["loc"][0]), first["msg"]) from exc
     upload_id, partial = new_partial(settings)
-    digest = hashlib.sha256()
-    try:
-        with source.open("rb") as src, partial.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    sha256 = copy_hashed(source, partial)
     return save_upload(
         session,
         settings,
@@ -271,7 +277,7 @@ def add_upload(
         partial=partial,
         args=args,
         filename=source.name,
-        sha256=digest.hexdigest(),
+        sha256=sha256,
     )
 
 

@@ -19,6 +19,9 @@ API_SIDE = [
     ROOT / "service" / "queue.py",
     ROOT / "service" / "uploads.py",
     ROOT / "service" / "safetensors_header.py",
+    ROOT / "service" / "archives.py",
+    ROOT / "service" / "datasets.py",
+    ROOT / "service" / "modelcheck.py",
 ]
 API_FORBIDDEN = {"torch", "torch_pruning", "torchvision", "workers"}
 

@@ -223,7 +223,8 @@ def test_streaming_decodes_in_loader_workers(digits_root: Path) -> None:
     assert not workers & set(multiprocessing.active_children())  # shut down with the pass
     serial = _load(digits_root, cache_mb=0.0, loader_workers=0)
     next(serial.train.batches(16, shuffle=False, generator=None))
-    assert set(multiprocessing.active_children()) == before
+    # No new process (a child of an earlier test may have ended meanwhile).
+    assert not set(multiprocessing.active_children()) - before
 
 
 def test_stats_sample_is_capped_and_spread() -> None:

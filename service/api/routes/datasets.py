@@ -13,8 +13,6 @@ owner's dataset is a 404, exactly like a missing one.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, BinaryIO
 
@@ -22,12 +20,10 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from python_multipart import MultipartParser
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import parse_options_header
 
 from service import datasets
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
+from service.api.multipart import FILE, StreamedForm, field_error, receive
 from service.api.schemas import Page, as_utc
 from service.db import datasets as repo
 from service.db.models import Dataset
@@ -35,9 +31,8 @@ from service.errors import DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-FILE, NAME = "file", "name"
+NAME = "name"
 MAX_NAME = 100
-FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the name around the file
 
 
 class DatasetPublic(BaseModel):
@@ -115,109 +110,38 @@ _FORM_SCHEMA: dict[str, Any] = {
 }
 
 
-def _error(loc: str, msg: str) -> dict[str, Any]:
-    return {"type": "value_error", "loc": ["body", loc], "msg": msg, "input": None}
+class _Form(StreamedForm):
+    """The dataset form: the file and an optional name; every problem is listed, then raised."""
 
+    def __init__(self, sink: BinaryIO, limit: int) -> None:
+        super().__init__(sink, limit, DatasetTooLarge, max_text=4 * MAX_NAME)
+        self.errors: list[dict[str, Any]] = []
 
-@dataclass
-class _Form:
-    """Receives the multipart callbacks: the file to disk, the name in memory, errors listed."""
-
-    sink: BinaryIO
-    limit: int
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    filename: str | None = None
-    name: bytearray | None = None
-    size: int = 0
-    total: int = 0
-    pending: list[bytes] = field(default_factory=list)
-    digest: Any = field(default_factory=hashlib.sha256)
-    _headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    _field: bytes = b""
-    _value: bytes = b""
-    _part: str | None = None  # FILE, NAME, or None for a part that is refused and skipped
-
-    def on_part_begin(self) -> None:
-        self._headers, self._part = [], None
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers.append((self._field.lower(), self._value))
-        self._field, self._value = b"", b""
-
-    def on_headers_finished(self) -> None:
-        _, options = parse_options_header(dict(self._headers).get(b"content-disposition", b""))
-        part = options.get(b"name", b"").decode("utf-8", "replace")
-        if part == FILE and self.filename is None:
-            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
-            self._part = FILE
-        elif part == NAME and self.name is None:
-            self.name, self._part = bytearray(), NAME
-        elif part in (FILE, NAME):
-            self.errors.append(_error(part, "given twice: send one"))
+    def accept(self, name: str) -> bool:
+        if (name == FILE and self.filename is None) or (name == NAME and NAME not in self.fields):
+            return True
+        if name in (FILE, NAME):
+            self.errors.append(field_error(name, "given twice: send one"))
         else:
             self.errors.append(
-                _error(part or "(unnamed)", f"unexpected form field; expected {FILE}")
+                field_error(name or "(unnamed)", f"unexpected form field; expected {FILE}")
             )
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self.total += end - start
-        if self.total > self.limit + FORM_OVERHEAD:
-            raise DatasetTooLarge(FILE, self.limit)
-        if self._part == FILE:
-            self.size += end - start
-            if self.size > self.limit:
-                raise DatasetTooLarge(FILE, self.limit)
-            self.pending.append(data[start:end])
-        elif self._part == NAME and self.name is not None and len(self.name) <= 4 * MAX_NAME:
-            self.name += data[start:end]
-
-    def flush(self) -> None:
-        """Write what the last chunk carried of the file (called in a worker thread)."""
-        data, self.pending = b"".join(self.pending), []
-        if data:
-            self.digest.update(data)
-            self.sink.write(data)
+        return False
 
     def check(self) -> str | None:
         """The name given, after every error of the form is raised at once."""
         name = None
-        if self.name is not None:
-            name = self.name.decode("utf-8", "replace")
+        if NAME in self.fields:
+            name = self.fields[NAME].decode("utf-8", "replace")
             if not 1 <= len(name) <= MAX_NAME:
-                self.errors.append(_error(NAME, f"give 1 to {MAX_NAME} characters"))
+                self.errors.append(field_error(NAME, f"give 1 to {MAX_NAME} characters"))
             elif any(ord(c) < 32 or ord(c) == 127 for c in name):
-                self.errors.append(_error(NAME, "control characters are not allowed"))
+                self.errors.append(field_error(NAME, "control characters are not allowed"))
         if self.filename is None:
-            self.errors.append(_error(FILE, "field required: a file part named file"))
+            self.errors.append(field_error(FILE, "field required: a file part named file"))
         if self.errors:
             raise RequestValidationError(self.errors)
         return name
-
-
-async def _receive(request: Request, form: _Form) -> None:
-    """Stream the multipart body into ``form`` (the file into its sink)."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        msg = "send a multipart/form-data body with a file part named file"
-        raise RequestValidationError([_error(FILE, msg)])
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > form.limit + FORM_OVERHEAD:
-        raise DatasetTooLarge(FILE, form.limit)
-    callbacks = {name: getattr(form, name) for name in dir(form) if name.startswith("on_")}
-    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            await run_in_threadpool(form.flush)
-        parser.finalize()
-    except FormParserError as exc:
-        raise RequestValidationError([_error(FILE, f"malformed multipart body: {exc}")]) from exc
 
 
 @router.post(
@@ -243,7 +167,7 @@ async def upload_dataset(
     try:
         with partial.open("xb") as sink:
             form = _Form(sink, settings.max_dataset_mb << 20)
-            await _receive(request, form)
+            await receive(request, form)
         name = form.check()
         row = await run_in_threadpool(
             datasets.save_dataset,
