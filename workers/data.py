@@ -354,22 +354,16 @@ def raw(name: str, dirs: tuple[Path, ...] = ()) -> tuple[Tensor, ...]:
 
 
 def augmented(
-    images: Tensor, generator: torch.Generator | None, *, pad: int, hflip: bool
-) -> Tensor:
-    """``images`` augmented by ``(pad, hflip)``: unchanged, with no draws, for ``(0, False)``."""
-    if pad == 0 and not hflip:
-        return images
-    return _augment(images, generator, hflip=hflip, pad=pad)
-
-
-def _augment(
-    images: Tensor, generator: torch.Generator | None, *, hflip: bool, pad: int = SHIFT
+    images: Tensor, generator: torch.Generator | None, *, pad: int = SHIFT, hflip: bool
 ) -> Tensor:
     """Random crop after zero padding by ``pad`` (a shift per image), optional flip, on the device.
 
     Every draw comes from ``generator`` on the CPU, in a fixed order (rows,
     columns, flips), so the same generator gives the same images on any device.
+    ``(pad, hflip) == (0, False)`` returns ``images`` unchanged, with no draws.
     """
+    if pad == 0 and not hflip:
+        return images
     b, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)

@@ -94,7 +94,7 @@ def test_limit_stops_early() -> None:
 def test_augment_shift_is_bounded() -> None:
     images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
     images[:, :, 14, 14] = 255
-    out = data._augment(images, torch.Generator().manual_seed(0), hflip=False)
+    out = data.augmented(images, torch.Generator().manual_seed(0), hflip=False)
     rows, cols = torch.nonzero(out[:, 0] == 255, as_tuple=True)[1:]
     assert out.shape == images.shape
     assert int((rows - 14).abs().max()) <= 2 and int((cols - 14).abs().max()) <= 2
