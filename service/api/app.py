@@ -56,7 +56,7 @@ def status_code_for(exc: ServiceError) -> int:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": str(exc)}, status_code=status_code_for(exc))
+    return JSONResponse({"detail": _json_safe(str(exc))}, status_code=status_code_for(exc))
 
 
 async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
@@ -68,21 +68,31 @@ async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _json_safe(value: Any) -> Any:
-    """``value`` with the floats JSON cannot carry (NaN, Infinity) as text."""
+    """``value`` with what a JSON reply cannot carry as text: NaN, Infinity, lone surrogates.
+
+    Python's JSON parser accepts all three from a client (``"\\ud800"`` is a lone surrogate,
+    not Unicode), so a reply that quotes the client's input must escape them to be encodable.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
 
 
 async def _request_invalid(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's own 422, able to quote a NaN or Infinity the client sent.
+    """FastAPI's own 422, able to quote a NaN, an Infinity or a lone surrogate the client sent.
 
-    Python's JSON parser accepts them and every float field refuses them, but the
-    default handler cannot encode such an input in its reply (it became a 500).
+    Python's JSON parser accepts them and every field refuses them, but the default
+    handler cannot encode such an input in its reply (it became a 500).
     """
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
