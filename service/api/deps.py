@@ -74,8 +74,8 @@ def get_owner(
 
     Raises 401 (with ``WWW-Authenticate: Bearer``) for a missing, malformed,
     unknown or revoked key; the reason is the same for all of them. Each key
-    may make ``rate_limit`` requests a minute; beyond that, 429 with
-    ``Retry-After``.
+    may make ``rate_limit`` requests in any sliding minute; beyond that, 429
+    with ``Retry-After`` (:mod:`service.ratelimit`).
     """
     if settings.auth == "none":
         owner, subject = LOCAL_OWNER, LOCAL_OWNER
@@ -96,7 +96,8 @@ def get_owner(
         if wait is not None:
             raise HTTPException(
                 status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-                detail=f"rate limit of {settings.rate_limit} requests a minute reached",
+                detail=f"rate limit of {settings.rate_limit} requests in any minute reached "
+                f"(PRUNESEARCH_RATE_LIMIT); retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
     assert owner is not None
