@@ -127,3 +127,20 @@ class DatasetNotFound(NotFound):
     def __init__(self, dataset_id: str) -> None:
         super().__init__(f"dataset {dataset_id!r} not found")
         self.dataset_id = dataset_id
+
+
+class QuotaExceeded(ServiceError):
+    """A submission that would take the owner over one of their quotas (HTTP 429).
+
+    Raised before anything is stored, so a refused submission leaves nothing.
+    """
+
+    def __init__(self, quota: str, limit: int, current: int, adds: int, what: str) -> None:
+        super().__init__(
+            f"quota {quota} reached: at most {limit} {what} per owner; you have {current} "
+            f"and this request adds {adds} (cancel some, or wait for them to end)"
+        )
+        self.quota = quota
+        self.limit = limit
+        self.current = current
+        self.adds = adds

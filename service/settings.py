@@ -33,8 +33,13 @@ class Settings(BaseSettings):
     # "keys": every request needs an API key (``prunesearch keys create``);
     # "none": one implicit owner, for a single user on loopback only.
     auth: Literal["keys", "none"] = "keys"
-    # Requests per minute and API key (0: unlimited); beyond it, 429 + Retry-After.
+    # Requests per API key in any sliding minute (0: unlimited); beyond it, 429 + Retry-After.
     rate_limit: int = 600
+    # Per owner: jobs not yet ended, and trials of them not yet finished (0: unlimited).
+    # A submission (a batch with all its jobs) that would go over either is a 429 and stores
+    # nothing. The defaults admit one batch of the largest size (service.batches).
+    max_active_jobs: int = Field(default=200, ge=0)
+    max_queued_trials: int = Field(default=20_000, ge=0)
     # Largest accepted weights upload (POST /v1/weights).
     max_upload_mb: int = 512
     # Largest accepted dataset archive (POST /v1/datasets); it may unpack to 4x that,

@@ -28,6 +28,7 @@ from service.errors import (
     InvalidTransition,
     NotFound,
     QueueUnavailable,
+    QuotaExceeded,
     ServiceError,
     UploadTooLarge,
 )
@@ -42,6 +43,7 @@ STATUS_CODES: tuple[tuple[type[ServiceError], int], ...] = (
     (DuplicateCandidate, 409),
     (Conflict, 409),
     (QueueUnavailable, 503),
+    (QuotaExceeded, 429),
     (UploadTooLarge, 413),
 )
 

@@ -28,6 +28,14 @@ from tests.support import redis_server, start_postgres_cluster
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_TEST_DB = 15
+# The smallest job the API accepts and no worker needs to run: tests that only submit share it.
+SPEC: dict[str, Any] = {
+    "name": "tiny-lenet",
+    "model": {"arch": "lenet5", "pretrain_epochs": 0},
+    "dataset": {"name": "synthetic"},
+    "target": {"flops_ratio": 0.5},
+    "search": {"n_trials": 2},
+}
 
 
 def _libpq(url: str) -> str:
@@ -123,6 +131,14 @@ def redis_url(redis_base_url: str) -> Iterator[str]:
     client.flushdb()
     yield url
     client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A client of the test's own Redis database (``redis_url``)."""
+    client = Redis.from_url(redis_url)
+    yield client
     client.close()
 
 

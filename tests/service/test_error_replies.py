@@ -28,16 +28,11 @@ from service.api.app import create_app
 from service.db.models import Batch, Job
 from service.db.session import session_factory
 from service.settings import Settings
+from tests.service.conftest import SPEC as TINY
 from tests.service.conftest import add_key
 from tests.support import free_port
 
-SPEC: dict[str, Any] = {
-    "name": "surrogate-lenet",
-    "model": {"arch": "lenet5", "pretrain_epochs": 0},
-    "dataset": {"name": "synthetic"},
-    "target": {"flops_ratio": 0.5},
-    "search": {"n_trials": 2, "sampler": "tpe"},
-}
+SPEC: dict[str, Any] = {**TINY, "search": {**TINY["search"], "sampler": "tpe"}}
 BODIES: dict[str, list[dict[str, Any]]] = {
     "/v1/jobs": [SPEC],
     "/v1/batches": [

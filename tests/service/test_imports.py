@@ -17,6 +17,8 @@ API_SIDE = [
     ROOT / "service" / "api",
     ROOT / "service" / "db",
     ROOT / "service" / "queue.py",
+    ROOT / "service" / "quotas.py",
+    ROOT / "service" / "ratelimit.py",
     ROOT / "service" / "uploads.py",
     ROOT / "service" / "safetensors_header.py",
     ROOT / "service" / "archives.py",

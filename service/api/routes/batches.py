@@ -24,6 +24,7 @@ from service.db.models import TERMINAL, Batch, JobStatus
 from service.errors import Conflict, InvalidInput, QueueUnavailable
 from service.modelcheck import model_refusals, spec_classes
 from service.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
+from service.quotas import admission
 from service.uploads import check_job_weights
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -82,7 +83,9 @@ def create_batch(
             raise _in_cell(body, i, InvalidInput("model.arch", refusal))
     ensure_available(redis)
     request = body.model_dump(mode="json", exclude_none=True)
-    batch, jobs = batches.create_batch(session, owner, body.name, request, specs, OVERNIGHT)
+    trials = sum(spec.search.n_trials for spec in specs)
+    with admission(session, redis, settings, owner, jobs=len(specs), trials=trials):
+        batch, jobs = batches.create_batch(session, owner, body.name, request, specs, OVERNIGHT)
     queued: list[tuple[str, int]] = []
     try:
         for job in jobs:

@@ -42,6 +42,7 @@ from service.errors import (
 )
 from service.modelcheck import check_job_model, spec_classes
 from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
+from service.quotas import admission
 from service.uploads import check_job_weights
 
 Priority = Literal["interactive", "overnight"]
@@ -105,9 +106,11 @@ def create_job(
     check_job_model(spec, num_classes=classes or spec_classes(spec))
     ensure_available(redis)
     try:
-        job = repo.create_job(
-            session, spec, queue, owner=owner, idempotency_key=idempotency_key, request_hash=digest
-        )
+        with admission(session, redis, settings, owner, jobs=1, trials=spec.search.n_trials):
+            job = repo.create_job(
+                session, spec, queue, owner=owner, idempotency_key=idempotency_key,
+                request_hash=digest,
+            )  # fmt: skip
     except IntegrityError:  # a concurrent request with the same key won the race
         session.rollback()
         assert idempotency_key is not None
