@@ -74,6 +74,22 @@ class IdempotencyConflict(Conflict):
     """An ``Idempotency-Key`` reused with a different request body."""
 
 
+class TasksStillRunning(Conflict):
+    """A job cannot be deleted while a task of it runs: the task would write again.
+
+    A cancelled job's running task stops within seconds (``workers.lifecycle``);
+    a task whose worker died counts as running until RQ notices (about 90 s).
+    """
+
+    def __init__(self, job_id: str, tasks: list[str]) -> None:
+        super().__init__(
+            f"job {job_id!r} cannot be deleted yet: {', '.join(tasks)} still running; "
+            "a cancelled job's tasks stop within seconds, try again then"
+        )
+        self.job_id = job_id
+        self.tasks = tasks
+
+
 class InvalidInput(ServiceError):
     """A request value refused by a check the schema cannot express (HTTP 422).
 

@@ -171,8 +171,8 @@ def cancel_tasks(redis: Redis, job_id: str, n_trials: int) -> int:
 
     Queued and deferred tasks are cancelled without enqueueing their
     dependents, so neither more trials nor ``finalize`` run. A task already
-    running is left to finish: it finds the job cancelled and writes what it
-    has (a trial's candidate) or stops (``prepare``, ``finalize``).
+    running is not touched here: it sees the cancel itself within seconds and
+    stops (``workers.lifecycle``).
 
     Raises:
         QueueUnavailable: Redis could not be reached.
@@ -187,6 +187,28 @@ def cancel_tasks(redis: Redis, job_id: str, n_trials: int) -> int:
         return dropped
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"cannot cancel the tasks of job {job_id}: {exc}") from exc
+
+
+def running_tasks(redis: Redis, job_id: str, n_trials: int) -> list[str]:
+    """What of the search runs now in a worker (``prepare``, ``trial 3``, ``finalize``).
+
+    RQ's own ``started`` state: set when a worker takes the task, cleared when
+    it ends, or, for a worker that died, once its heartbeat lapses.
+
+    Raises:
+        QueueUnavailable: Redis could not be reached.
+    """
+    prepare_id, trial_ids, finalize_id = task_ids(job_id, n_trials)
+    names = {prepare_id: "prepare", finalize_id: "finalize"}
+    names.update({rq_id: f"trial {i}" for i, rq_id in enumerate(trial_ids)})
+    try:
+        return [
+            names[job.id]
+            for job in _fetch(redis, job_id, n_trials)
+            if job.get_status(refresh=False) == RQJobStatus.STARTED
+        ]
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot read the tasks of job {job_id}: {exc}") from exc
 
 
 def delete_tasks(redis: Redis, job_id: str, n_trials: int) -> None:

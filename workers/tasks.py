@@ -8,7 +8,9 @@ state the database does not describe.
 
 A failure inside a task is recorded (job ``failed`` with the reason, or a
 ``failed`` candidate told to the study as failed) and not re-raised, so the
-queue drains instead of leaving dependent tasks waiting forever.
+queue drains instead of leaving dependent tasks waiting forever. A task of
+a job that is cancelled or deleted while it runs stops and ends quietly
+(:func:`workers.lifecycle.stoppable`): nothing to record, nothing to retry.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ from service.db import repo
 from service.db.models import Candidate, CandidateStatus, JobStatus
 from service.db.session import session_factory, session_scope
 from service.db.spec import JobSpec
-from service.errors import InvalidTransition
+from service.errors import InvalidTransition, JobNotFound
 from service.settings import Settings
 from workers import allocation, baselines, candidate, export, ladder, measure, train, triage_report
 from workers.context import JobContext, forget, job_context, worker_name
 from workers.errors import StructureError
 from workers.latency import latency_ms
+from workers.lifecycle import stoppable
 from workers.structure import check as check_structure
 from workers.timeouts import TimeLimit, time_limit
 
@@ -71,6 +74,8 @@ def _load(job_id: str, settings: Settings) -> tuple[JobStatus, JobContext]:
 
 
 def _fail(job_id: str, settings: Settings, stage: str, exc: BaseException) -> None:
+    if isinstance(exc, JobNotFound):  # deleted under the task: not a failure (see lifecycle)
+        raise exc
     if isinstance(exc, StructureError):  # the user's network, not a fault: no traceback
         log.info("job %s refused in %s: %s", job_id, stage, exc)
     else:
@@ -110,6 +115,7 @@ def _paired_latency(
     return best[0], best[1]
 
 
+@stoppable
 def prepare(job_id: str, settings: Settings | None = None) -> None:
     """Train (or load) the baseline, profile it and open the study."""
     settings = settings or Settings()
@@ -186,6 +192,7 @@ def _triage(ctx: JobContext, *, full: bool) -> dict[str, Any]:
     return report
 
 
+@stoppable
 def trial(job_id: str, settings: Settings | None = None, task: int | None = None) -> None:
     """Ask, repair, build, score and tell one candidate.
 
@@ -395,6 +402,7 @@ def _front(scored: list[Any], objective: str) -> list[Any]:
     return [by_id[p.id] for p in pareto_front(ladder.points(complete, objective))]
 
 
+@stoppable
 def finalize(job_id: str, settings: Settings | None = None) -> None:
     """Fine-tune the best candidate, measure it, export it, mark the job done."""
     settings = settings or Settings()

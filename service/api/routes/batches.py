@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
-from service.cleanup import purge_job
+from service.cleanup import ensure_stopped, purge_job
 from service.datasets import dataset_classes
 from service.db import batches, repo
 from service.db.models import TERMINAL, Batch, JobStatus
@@ -151,6 +151,7 @@ def delete_batch(
     running = [j.id for j in jobs if j.status not in TERMINAL]
     if running:
         raise Conflict(f"batch {batch_id!r} has {len(running)} jobs not ended; cancel it first")
+    ensure_stopped(redis, jobs)  # all or nothing: no job is purged while another still runs
     for job in jobs:
         purge_job(session, redis, settings, job)
     batches.delete_batch(session, batch.id)

@@ -162,9 +162,10 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDep) -> CancelPublic:
     """Stop a job: its queued tasks are dropped and it ends ``cancelled``.
 
-    Candidates scored so far stay readable. A task already running finishes
-    on its own and finds the job cancelled. Cancelling a cancelled job is a
-    no-op; a job that is done or failed cannot be cancelled (409).
+    Candidates scored so far stay readable. A task already running stops
+    within seconds (``workers.lifecycle``); its trial is recorded failed.
+    Cancelling a cancelled job is a no-op; a job that is done or failed
+    cannot be cancelled (409).
     """
     job = repo.get_job(session, job_id, owner)
     if job.status != JobStatus.cancelled:
@@ -181,7 +182,8 @@ def delete_job(
     """Remove a finished job: its rows, study, queue records and artifacts.
 
     A job still running must be cancelled first (409), so no worker is left
-    writing to a job that no longer exists.
+    writing to a job that no longer exists; a cancelled job is a 409 too while
+    a task of it still runs in a worker (it stops within seconds of the cancel).
     """
     job = repo.get_job(session, job_id, owner)
     if job.status not in TERMINAL:

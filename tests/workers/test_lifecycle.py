@@ -1,0 +1,120 @@
+"""A task under ``workers.lifecycle.stoppable`` stops when its job is cancelled or deleted.
+
+In-process, on a SQLite file: the task is a stand-in that sleeps where a
+real one trains, so the test shows the stop itself (the chaos tests show it
+with real workers).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search import create_study
+from search.study import storage, study_name
+from service.db import repo
+from service.db.models import CandidateStatus, JobStatus
+from service.db.session import migrate, session_factory, session_scope
+from service.db.spec import JobSpec
+from service.errors import JobNotFound
+from service.settings import Settings
+from workers.lifecycle import stoppable, why_stop
+
+SPEC = JobSpec.model_validate(
+    {"name": "w", "dataset": {"name": "synthetic"}, "target": {"flops_ratio": 0.5}}
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(home=tmp_path)
+    migrate(s.database_url)
+    return s
+
+
+def _job(settings: Settings, status: JobStatus) -> str:
+    with session_scope(session_factory(settings.database_url)) as s:
+        job_id = repo.create_job(s, SPEC, "interactive").id
+        repo.transition(s, job_id, status, allowed_from={JobStatus.queued})
+    return job_id
+
+
+def _later(seconds: float, action: Callable[[], None]) -> threading.Thread:
+    def run() -> None:
+        time.sleep(seconds)
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_cancel_stops_a_running_trial_and_settles_its_candidate(settings: Settings) -> None:
+    job_id = _job(settings, JobStatus.searching)
+    create_study(job_id, settings.optuna_url)
+    finished: list[str] = []
+
+    @stoppable
+    def trial(job_id: str, settings: Settings, task: int) -> None:
+        with session_scope(session_factory(settings.database_url)) as s:
+            repo.add_candidate(
+                s, job_id, trial_number=0, key="k", proposed=[1.0], ratios=[1.0], counts=[4],
+                flops=1.0, params=1.0, task=task, status=CandidateStatus.running,
+            )  # fmt: skip
+        optuna.load_study(study_name=study_name(job_id), storage=storage(settings.optuna_url)).ask()
+        time.sleep(30)  # "training"
+        finished.append("the trial ran to its end")
+
+    def cancel() -> None:
+        with session_scope(session_factory(settings.database_url)) as s:
+            repo.transition(s, job_id, JobStatus.cancelled, allowed_from={JobStatus.searching})
+
+    helper = _later(1.0, cancel)
+    start = time.monotonic()
+    trial(job_id, settings, task=3)  # returns, does not raise
+    helper.join()
+    assert time.monotonic() - start < 5 and not finished
+    with session_scope(session_factory(settings.database_url)) as s:
+        (cand,) = repo.task_candidates(s, job_id, 3)
+    assert cand.status == CandidateStatus.failed
+    assert cand.error == "stopped: the job is cancelled"
+
+
+def test_a_task_whose_job_is_deleted_stops_and_erases_what_it_wrote(settings: Settings) -> None:
+    job_id = _job(settings, JobStatus.preparing)
+
+    @stoppable
+    def prepare(job_id: str, settings: Settings) -> None:
+        (settings.job_dir(job_id) / "baseline.safetensors").write_bytes(b"weights")
+        create_study(job_id, settings.optuna_url)
+        time.sleep(30)
+
+    def delete() -> None:
+        with session_scope(session_factory(settings.database_url)) as s:
+            repo.delete_job(s, job_id)
+
+    helper = _later(1.0, delete)
+    start = time.monotonic()
+    prepare(job_id, settings)
+    helper.join()
+    assert time.monotonic() - start < 5
+    assert not (settings.artifacts / job_id).exists()
+    with pytest.raises(KeyError):
+        storage(settings.optuna_url).get_study_id_from_name(study_name(job_id))
+
+
+def test_an_error_of_a_job_that_still_exists_is_raised(settings: Settings) -> None:
+    job_id = _job(settings, JobStatus.searching)
+
+    @stoppable
+    def trial(job_id: str, settings: Settings) -> None:
+        raise JobNotFound("another-job")
+
+    with pytest.raises(JobNotFound):  # not this job's delete: RQ's retry is right
+        trial(job_id, settings)
+    assert why_stop(settings, job_id) is None
