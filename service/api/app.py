@@ -1,8 +1,9 @@
 """The FastAPI application: REST under ``/v1``, OpenAPI at ``/openapi.json``.
 
 This process never imports torch or the worker code: it stores jobs and
-queues them by name. Service errors are mapped to HTTP status codes here, in
-one table, so the repositories and the queue adapter stay HTTP-free.
+queues them by name. Service errors are mapped to HTTP status codes in one
+table (:mod:`service.api.responses`, which also declares them in the
+document), so the repositories and the queue adapter stay HTTP-free.
 """
 
 from __future__ import annotations
@@ -19,41 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.responses import declare_errors, status_code_for
 from service.api.routes import batches, dashboard, datasets, health, jobs, weights
 from service.db.session import migrate, session_factory
-from service.errors import (
-    Conflict,
-    DuplicateCandidate,
-    InvalidInput,
-    InvalidTransition,
-    NotFound,
-    QueueUnavailable,
-    QuotaExceeded,
-    ServiceError,
-    UploadTooLarge,
-)
+from service.errors import InvalidInput, ServiceError
 from service.queue import redis_from_url
 from service.reconcile import Reconciler
 from service.settings import Settings
-
-# Most specific first: the first matching class decides the status code.
-STATUS_CODES: tuple[tuple[type[ServiceError], int], ...] = (
-    (NotFound, 404),
-    (InvalidTransition, 409),
-    (DuplicateCandidate, 409),
-    (Conflict, 409),
-    (QueueUnavailable, 503),
-    (QuotaExceeded, 429),
-    (UploadTooLarge, 413),
-)
-
-
-def status_code_for(exc: ServiceError) -> int:
-    """The HTTP status of a service error (500 for one without a mapping)."""
-    for cls, code in STATUS_CODES:
-        if isinstance(exc, cls):
-            return code
-    return 500
 
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -161,4 +134,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(weights.router)
     app.include_router(datasets.router)
     app.include_router(dashboard.router)
+    declare_errors(app)
     return app

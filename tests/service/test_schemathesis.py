@@ -1,9 +1,10 @@
-"""Schemathesis over the published OpenAPI document: no generated request is a server error.
+"""Schemathesis over the published OpenAPI document: no server error, no undeclared status.
 
 In-process through schemathesis' ASGI transport, in keys mode with a real key, on SQLite and a
 real Redis (its own database number, flushed before and after). Every operation gets schema-valid
 and schema-violating requests, derandomized (the same ones every run) and bounded, with random ids
-and with the ids of real objects; the one check is schemathesis' ``not_a_server_error``.
+and with the ids of real objects. Checks: no server error, and every reply conforms to the document
+(its status is one the operation declares, and its body, content type and headers are as declared).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from redis import Redis
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.python import asgi
 
 from service.api.app import create_app
@@ -41,6 +48,14 @@ REDIS_DB = 12  # not the other service tests' database: this module's jobs stay 
 MAX_EXAMPLES = 25  # per operation, generation mode and kind of id
 MAX_TRIALS = 3  # a generated job may ask for 10 000 trials: each is a queued task
 MAX_JOBS = 2
+# No server error; every status, body, content type and header as the document declares them.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+]
 _BATCH = BatchCreate.model_json_schema()
 BATCH_JOBS = _BATCH["properties"]["jobs"]["anyOf"][0]["maxItems"]
 GRID_VALUES = _BATCH["properties"]["grid"]["anyOf"][0]["additionalProperties"]["maxItems"]
@@ -157,7 +172,9 @@ def _bounded(body: Any) -> Any:
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
-def test_no_generated_request_is_a_server_error(api: Api, method: str, path: str) -> None:
+def test_no_generated_request_is_a_server_error_or_undeclared(
+    api: Api, method: str, path: str
+) -> None:
     operation = api.schema[path][method]
     names = re.findall(r"\{(\w+)\}", path)
     rounds: list[tuple[GenerationMode, dict[str, str] | None]] = [(GenerationMode.POSITIVE, None)]
@@ -183,7 +200,7 @@ def test_no_generated_request_is_a_server_error(api: Api, method: str, path: str
             case.body = _bounded(case.body)
             response = case.call(headers=api.headers)
             statuses.append(response.status_code)
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=CHECKS)
 
         run()
 

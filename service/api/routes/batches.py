@@ -15,13 +15,14 @@ from fastapi import APIRouter, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
+from service.api.responses import raises
 from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
 from service.cleanup import ensure_stopped, purge_job
 from service.datasets import dataset_classes
 from service.db import batches, repo
 from service.db.models import TERMINAL, Batch, JobStatus
-from service.errors import Conflict, InvalidInput, QueueUnavailable
+from service.errors import Conflict, InvalidInput, InvalidTransition, QueueUnavailable
 from service.modelcheck import model_refusals, spec_classes
 from service.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
 from service.quotas import admission
@@ -54,7 +55,7 @@ def _public(session: SessionDep, batch: Batch) -> BatchPublic:
     )
 
 
-@router.post("", status_code=201, response_model=BatchPublic)
+@router.post("", status_code=201, response_model=BatchPublic, responses=raises(QueueUnavailable))
 def create_batch(
     body: BatchCreate,
     session: SessionDep,
@@ -127,7 +128,11 @@ def get_batch(batch_id: str, session: SessionDep, owner: OwnerDep) -> BatchPubli
     return _public(session, batches.get_batch(session, batch_id, owner))
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchPublic)
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=BatchPublic,
+    responses=raises(InvalidTransition, QueueUnavailable),
+)
 def cancel_batch(
     batch_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDep
 ) -> BatchPublic:
@@ -141,7 +146,7 @@ def cancel_batch(
     return _public(session, batch)
 
 
-@router.delete("/{batch_id}", status_code=204)
+@router.delete("/{batch_id}", status_code=204, responses=raises(Conflict, QueueUnavailable))
 def delete_batch(
     batch_id: str, session: SessionDep, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:

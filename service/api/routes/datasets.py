@@ -24,10 +24,11 @@ from pydantic import BaseModel
 from service import datasets
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.multipart import FILE, StreamedForm, field_error, receive
+from service.api.responses import raises
 from service.api.schemas import Page, as_utc
 from service.db import datasets as repo
 from service.db.models import Dataset
-from service.errors import DatasetTooLarge
+from service.errors import Conflict, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -63,27 +64,6 @@ class DatasetPublic(BaseModel):
         )
 
 
-class ErrorPublic(BaseModel):
-    detail: str
-
-
-class FieldError(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class InvalidPublic(BaseModel):
-    detail: list[FieldError]
-
-
-def _reply(code: int, description: str) -> dict[int | str, dict[str, Any]]:
-    model = InvalidPublic if code == 422 else ErrorPublic
-    return {code: {"model": model, "description": description}}
-
-
-UNAUTHORIZED = _reply(401, "No API key, or one that is unknown or revoked.")
-NOT_FOUND = _reply(404, "No dataset of the caller's has this id.")
 _FORM_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -150,13 +130,11 @@ class _Form(StreamedForm):
     response_model=DatasetPublic,
     openapi_extra=_FORM_SCHEMA,
     responses={
-        **UNAUTHORIZED,
-        **_reply(413, "The archive is over max_dataset_mb."),
-        **_reply(
-            422,
-            "A form field is wrong, or the archive is refused: the message names "
+        **raises(DatasetTooLarge),
+        422: {
+            "description": "A form field is wrong, or the archive is refused: the message names "
             "the member and the problem (unsafe, not images, not a class-per-folder tree).",
-        ),
+        },
     },
 )
 async def upload_dataset(
@@ -185,9 +163,7 @@ async def upload_dataset(
     return DatasetPublic.of(row)
 
 
-@router.get(
-    "", response_model=Page[DatasetPublic], responses={**UNAUTHORIZED, **_reply(422, "Bad query.")}
-)
+@router.get("", response_model=Page[DatasetPublic])
 def list_datasets(
     session: SessionDep,
     owner: OwnerDep,
@@ -204,21 +180,13 @@ def list_datasets(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses={**UNAUTHORIZED, **NOT_FOUND})
+@router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetPublic:
     """One dataset: its classes, images per split and the channel counts seen."""
     return DatasetPublic.of(repo.get_dataset(session, dataset_id, owner))
 
 
-@router.delete(
-    "/{dataset_id}",
-    status_code=204,
-    responses={
-        **UNAUTHORIZED,
-        **NOT_FOUND,
-        **_reply(409, "A job that has not ended reads the dataset (cancel it first)."),
-    },
-)
+@router.delete("/{dataset_id}", status_code=204, responses=raises(Conflict))
 def delete_dataset(
     dataset_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:

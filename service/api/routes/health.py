@@ -24,7 +24,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Health)
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "The database or Redis does not answer."}},
+)
 def readyz(session: SessionDep, redis: RedisDep, response: Response) -> Health:
     """Readiness: 200 when the database and Redis answer, 503 (same body) when one does not."""
     database = "ok"

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from search import Point, pareto_front
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
+from service.api.responses import Responses, raises
 from service.api.schemas import (
     BaseCosts,
     CancelPublic,
@@ -34,6 +35,7 @@ from service.db.models import TERMINAL, CandidateStatus, Job, JobStatus
 from service.db.spec import JobSpec
 from service.errors import (
     ArtifactNotFound,
+    Conflict,
     IdempotencyConflict,
     InvalidTransition,
     QueueUnavailable,
@@ -80,9 +82,22 @@ IdempotencyKey = Annotated[
         "the same key with another body is a 409.",
     ),
 ]
+REPLAYED: Responses = {
+    200: {
+        "model": JobPublic,
+        "description": "A retry with the same Idempotency-Key and body: the job the first "
+        "request created, with the header Idempotent-Replayed: true.",
+        "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+    }
+}
 
 
-@router.post("", status_code=201, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={**REPLAYED, **raises(IdempotencyConflict, QueueUnavailable)},
+)
 def create_job(
     spec: JobSpec,
     session: SessionDep,
@@ -158,7 +173,11 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     return _job_public(session, repo.get_job(session, job_id, owner))
 
 
-@router.post("/{job_id}/cancel", response_model=CancelPublic)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=CancelPublic,
+    responses=raises(InvalidTransition, QueueUnavailable),
+)
 def cancel_job(job_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDep) -> CancelPublic:
     """Stop a job: its queued tasks are dropped and it ends ``cancelled``.
 
@@ -175,7 +194,7 @@ def cancel_job(job_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDe
     return CancelPublic(job=_job_public(session, job), dropped_tasks=dropped)
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, responses=raises(Conflict, QueueUnavailable))
 def delete_job(
     job_id: str, session: SessionDep, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from service import uploads
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.multipart import FILE, StreamedForm, invalid, receive
+from service.api.responses import raises
 from service.api.schemas import Page, as_utc
 from service.db import uploads as repo
 from service.db.models import Upload
@@ -109,7 +110,7 @@ class _Form(StreamedForm):
     status_code=201,
     response_model=UploadPublic,
     openapi_extra=_FORM_SCHEMA,
-    responses={413: {"description": "The file is over max_upload_mb."}},
+    responses=raises(UploadTooLarge),
 )
 async def upload_weights(
     request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep
@@ -169,7 +170,7 @@ def get_weights(upload_id: str, session: SessionDep, owner: OwnerDep) -> UploadP
     return UploadPublic.of(repo.get_upload(session, upload_id, owner))
 
 
-@router.delete("/{upload_id}", status_code=204)
+@router.delete("/{upload_id}", status_code=204, responses=raises(Conflict))
 def delete_weights(
     upload_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
