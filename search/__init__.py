@@ -27,6 +27,7 @@ from search.study import (
     heartbeat,
     set_allocation,
     set_seeds,
+    silent,
     tell,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "set_allocation",
     "set_seeds",
     "shares_one_ratio",
+    "silent",
     "tell",
     "uniform_rank",
     "unrepaired",

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +56,12 @@ OPEN_ATTEMPTS = 5
 # A scoring trial records a heartbeat every HEARTBEAT_S (:func:`heartbeat`); one
 # silent for GRACE_S (its process died) is failed before the next ask, so the
 # sampler never waits on it. Optuna runs heartbeats only inside optimize(),
-# not under ask/tell, hence the explicit thread.
-HEARTBEAT_S = 10
+# not under ask/tell, hence the explicit thread. A trial waiting for another
+# one's score gives up on it sooner, once it is silent for SILENT_S
+# (:func:`silent`): four missed beats, where one trial would else stall.
+HEARTBEAT_S = 5
 GRACE_S = 60
+SILENT_S = 20
 
 
 def storage(url: str) -> RDBStorage:
@@ -94,12 +97,24 @@ def storage(url: str) -> RDBStorage:
     return _storages[url]
 
 
+def _probe(url: str) -> RDBStorage:
+    """A second storage of ``url`` whose grace period is :data:`SILENT_S`, to read silences."""
+    key = f"silent:{url}"
+    if key not in _storages:
+        storage(url)  # the schema is in place (and the folder made) before this one opens
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        _storages[key] = RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=SILENT_S
+        )
+    return _storages[key]
+
+
 def _after_fork_in_child() -> None:
     # A worker's parent opens the storage once (schema checks take ~0.1 s);
     # each forked task keeps the engine but must not reuse the parent's
     # connections, so it drops the pool without closing them.
-    for url in list(_storages):
-        _storages[url].engine.dispose(close=False)
+    for key in list(_storages):
+        _storages[key].engine.dispose(close=False)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -226,6 +241,26 @@ def delete_study(job_id: str, url: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def silent(job_id: str, url: str, numbers: Collection[int]) -> set[int]:
+    """Which of the trials ``numbers`` run without a heartbeat for :data:`SILENT_S` seconds.
+
+    Read-only (nothing is failed here) and measured by the database's clock,
+    as Optuna's own staleness is. A trial that never recorded a heartbeat is
+    not silent: its process has not reached :func:`heartbeat` yet.
+    """
+    if not numbers:
+        return set()
+    probe = _probe(url)
+    study_id = probe.get_study_id_from_name(study_name(job_id))
+    # Optuna has no public reader of heartbeats; this is the query its own
+    # fail_stale_trials runs, with this storage's shorter grace period.
+    stale = set(probe._get_stale_trial_ids(study_id))
+    return {
+        n for n in numbers
+        if probe.get_trial_id_from_study_id_trial_number(study_id, n) in stale
+    }  # fmt: skip
 
 
 @contextmanager

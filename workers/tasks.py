@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from search import (
     heartbeat,
     pareto_front,
     repair,
+    silent,
     unrepaired,
 )
 from search import ask as ask_study
@@ -56,7 +57,8 @@ from workers.timeouts import TimeLimit, time_limit
 
 log = logging.getLogger(__name__)
 
-TWIN_WAIT_S = 600.0  # longest wait for a concurrent trial of the same network
+TWIN_POLL_S = 0.2  # how often a trial waiting for a twin's score looks for it
+TWIN_LIVENESS_S = 2.0  # how often it checks that the twin's process still beats
 
 
 @contextmanager
@@ -254,7 +256,7 @@ def trial(job_id: str, settings: Settings | None = None, task: int | None = None
             started_at=started_at,
         )
         cand_id = cand.id
-    earlier = _twin(settings, job_id, key, cand_id)  # a query, or the wait for a twin
+    earlier = _twin(settings, job_id, key, cand_id, proposal.number)  # a query, or a wait
     timings["db_s"] += time.perf_counter() - tick
 
     outcome: dict[str, Any]
@@ -325,27 +327,42 @@ def _past_search_limit(settings: Settings, job_id: str, spec: JobSpec) -> bool:
     return _search_elapsed(timings) > spec.limits.search_s
 
 
-def _twin(settings: Settings, job_id: str, key: str, cand_id: int) -> Candidate | None:
+def _twin(settings: Settings, job_id: str, key: str, cand_id: int, number: int) -> Candidate | None:
     """An earlier, scored candidate of the same network, if there is one.
 
     Called after this trial's own row is written, so of two workers that
     drew the same network at once the second always sees the first: it
     waits for that score instead of computing it again (``tp_global`` and
-    ``sensitivity`` propose one network to every worker). A twin still
-    running after :data:`TWIN_WAIT_S` (its worker may be gone) is not
-    waited for any longer: this trial scores the network itself.
+    ``sensitivity`` propose one network to every worker). A twin whose
+    process died (a killed horse, a dead worker) stops beating; once it is
+    silent for ``search.study.SILENT_S`` it is not waited for any longer,
+    and this trial scores the network itself (or waits for a living twin).
+    Its own heartbeat runs meanwhile, so a trial behind it sees it alive.
     """
-    deadline = time.monotonic() + TWIN_WAIT_S
-    while True:
-        with _session(settings) as s:
-            scored = repo.find_scored_by_key(s, job_id, key)
-            if scored is not None:
-                return scored
-            if repo.find_running_by_key(s, job_id, key, before=cand_id) is None:
+    dead: set[int] = set()
+    next_look, beating = time.monotonic() + TWIN_LIVENESS_S, False
+    with ExitStack() as waiting:
+        while True:
+            with _session(settings) as s:
+                scored = repo.find_scored_by_key(s, job_id, key)
+                if scored is not None:
+                    return scored
+                twin = repo.find_running_by_key(s, job_id, key, before=cand_id, skip=dead)
+            if twin is None:
                 return None
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
+            if not beating:
+                waiting.enter_context(heartbeat(job_id, settings.optuna_url, number))
+                beating = True
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + TWIN_LIVENESS_S
+                if silent(job_id, settings.optuna_url, [twin.trial_number]):
+                    log.warning(
+                        "trial %d of %s: its twin, trial %d, went silent; not waited for",
+                        number, job_id, twin.trial_number,
+                    )  # fmt: skip
+                    dead.add(twin.id)
+                    continue
+            time.sleep(TWIN_POLL_S)
 
 
 def _fix(spec: JobSpec) -> Callable[..., Repaired]:

@@ -292,9 +292,12 @@ def find_scored_by_key(session: Session, job_id: str, key: str) -> Candidate | N
 
 
 def find_running_by_key(
-    session: Session, job_id: str, key: str, *, before: int
+    session: Session, job_id: str, key: str, *, before: int, skip: Iterable[int] = ()
 ) -> Candidate | None:
-    """A candidate of the same network being scored right now, recorded before ``before``."""
+    """A candidate of the same network being scored right now, recorded before ``before``.
+
+    ``skip`` names candidates not to return (ones whose process is known dead).
+    """
     stmt = (
         select(Candidate)
         .where(
@@ -302,6 +305,7 @@ def find_running_by_key(
             Candidate.key == key,
             Candidate.status == CandidateStatus.running,
             Candidate.id < before,
+            Candidate.id.not_in(list(skip)),
         )
         .order_by(Candidate.id)
         .limit(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,23 @@ STOP_BOUND_S = 30.0  # a cancelled prepare stops within this (it polls every sec
 SETTLE_S = 8.0  # how long the test watches for anything coming back
 
 
-@pytest.fixture
-def solo(tmp_path: Path, own_redis: RedisProcess) -> Iterator[Stack]:
-    """The API and one worker on a Redis of their own."""
-    stack = Stack(tmp_path, f"{own_redis.url}/0")
+@contextmanager
+def stack_on(tmp_path: Path, server: RedisProcess, workers: tuple[str, ...]) -> Iterator[Stack]:
+    """The API and ``workers`` on a Redis of their own, stopped afterwards."""
+    stack = Stack(tmp_path, f"{server.url}/0")
     try:
         stack.wait_ready()
-        stack.worker("a")
+        for name in workers:
+            stack.worker(name)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def solo(tmp_path: Path, own_redis: RedisProcess) -> Iterator[Stack]:
+    with stack_on(tmp_path, own_redis, ("a",)) as stack:
+        yield stack
 
 
 def _long_prepare(name: str) -> dict[str, Any]:

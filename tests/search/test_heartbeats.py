@@ -47,3 +47,25 @@ def test_a_trial_whose_heartbeat_stops_is_failed_at_the_next_ask(
     assert _states(url, "job")[:2] == [TrialState.FAIL, TrialState.COMPLETE]
     best = optuna.load_study(study_name=study_name("job"), storage=url).best_trial
     assert (best.number, best.value) == (alive.number, 0.7)
+
+
+def test_silent_names_the_trials_whose_heartbeat_stopped_and_fails_none(
+    tmp_path: Path, profile: ModelProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(study_module, "SILENT_S", 1)  # read when this URL's probe opens
+    url = f"sqlite:///{tmp_path / 'silent.db'}"
+    create_study("job", url)
+    space = SearchSpace(profile, min_ratio=0.2)
+    dead, alive, unborn = (
+        ask("job", url, space, sampler="random", seed=0, n_trials=5) for _ in range(3)
+    )
+    numbers = [dead.number, alive.number, unborn.number]
+    with heartbeat("job", url, dead.number):  # one beat, then its process "dies"
+        pass
+    with heartbeat("job", url, alive.number, every=0.2):
+        assert study_module.silent("job", url, numbers) == set()
+        time.sleep(2.6)  # SQLite's whole seconds: dead is now more than SILENT_S behind
+        assert study_module.silent("job", url, numbers) == {dead.number}
+    assert study_module.silent("job", url, []) == set()
+    # Only read: every trial is still running (a twin's silence is not a verdict).
+    assert _states(url, "job") == [TrialState.RUNNING] * 3

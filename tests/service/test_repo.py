@@ -281,6 +281,17 @@ def test_find_running_by_key_sees_only_earlier_rows(session: Session) -> None:
     assert repo.find_running_by_key(session, job.id, "k2", before=second.id + 1) is None
 
 
+def test_find_running_by_key_skips_twins_known_dead(session: Session) -> None:
+    job = repo.create_job(session, _spec(), "interactive")
+    dead, alive, me = (repo.add_candidate(session, job.id, **_candidate(i)) for i in range(3))
+    found = repo.find_running_by_key(session, job.id, "k", before=me.id, skip={dead.id})
+    assert found is not None and found.id == alive.id
+    assert (
+        repo.find_running_by_key(session, job.id, "k", before=me.id, skip={dead.id, alive.id})
+        is None
+    )
+
+
 def test_concurrent_sessions_only_one_transition_wins(db_url: str) -> None:
     """Two workers finishing the search at once: exactly one moves the job on."""
     from service.db.session import migrate
