@@ -26,6 +26,7 @@ from service.db.session import session_factory
 from service.errors import QueueUnavailable
 from service.queue import queue_depths, redis_from_url
 from service.settings import Settings
+from service.stall import stalls
 
 # Trial durations range from a tenth of a second (adaptive BN on a small net) to an hour.
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
@@ -67,10 +68,18 @@ class StoreCollector(Collector):
                 )
                 if t and "total_s" in t
             ]
+            searching = s.scalars(select(Job).where(Job.status == JobStatus.searching)).all()
+            stalled = len(stalls(s, searching, self.settings))
         jobs = GaugeMetricFamily("prunesearch_jobs", "Jobs in each state.", labels=["state"])
         for state in JobStatus:
             jobs.add_metric([state.value], by_state.get(state, 0))
         yield jobs
+        yield GaugeMetricFamily(
+            "prunesearch_jobs_stalled",
+            "Searching jobs with no finished trial for max(stall_floor_s, stall_factor x "
+            "their median trial time).",
+            value=stalled,
+        )
         yield GaugeMetricFamily(
             "prunesearch_trials_per_second",
             f"Trials finished per second over the last {RATE_WINDOW_S} s.",

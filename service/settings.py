@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # fit in this many MiB is decoded once into memory; a larger one streams
     # from disk through a DataLoader. 0: always stream.
     dataset_cache_mb: float = Field(default=1024, ge=0)
+    # A searching job is "stalled" (API job view, /metrics, dashboard) when no trial has
+    # finished for max(stall_floor_s, stall_factor x its median trial time): service.stall.
+    stall_factor: float = Field(default=5.0, gt=0)
+    stall_floor_s: float = Field(default=180.0, ge=0)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -7,13 +7,14 @@ JobSpec itself (``service.db.spec``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
 from service.db.models import Candidate, CandidateStatus, Job, JobStatus
+from service.stall import Stall
 
 T = TypeVar("T")
 
@@ -94,6 +95,16 @@ class GroupPublic(BaseModel):
         ]
 
 
+class StallPublic(BaseModel):
+    """Why a searching job counts as stalled (``service.stall``)."""
+
+    idle_s: float = Field(description="Seconds since its last finished trial (or search start).")
+    threshold_s: float = Field(
+        description="What it may idle: max(stall_floor_s, stall_factor x median trial time)."
+    )
+    median_trial_s: float | None = Field(description="Median of its recent trials' wall times.")
+
+
 class JobPublic(BaseModel):
     id: str
     name: str
@@ -108,13 +119,27 @@ class JobPublic(BaseModel):
     baseline: dict[str, Any] | None
     best: BestPublic | None
     has_result: bool = Field(description="Whether GET /v1/jobs/{id}/result has a result.")
+    has_sensitivity: bool = Field(
+        description="Whether GET /v1/jobs/{id}/sensitivity has a triage report."
+    )
+    stalled: StallPublic | None = Field(
+        default=None,
+        description="Set while the job searches but no trial has finished for far longer "
+        "than its trials take; null otherwise.",
+    )
     timings: dict[str, Any]
     spec: dict[str, Any]
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, job: Job, progress: tuple[int, int], best: Candidate | None) -> JobPublic:
+    def of(
+        cls,
+        job: Job,
+        progress: tuple[int, int],
+        best: Candidate | None,
+        stall: Stall | None = None,
+    ) -> JobPublic:
         costs = BaseCosts.of(job)
         best_public = None
         if best is not None:
@@ -145,6 +170,8 @@ class JobPublic(BaseModel):
             baseline=job.baseline,
             best=best_public,
             has_result=job.status == JobStatus.done and job.result is not None,
+            has_sensitivity=job.triage is not None,
+            stalled=None if stall is None else StallPublic(**asdict(stall)),
             timings=job.timings or {},
             spec=job.spec,
             created_at=created,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -444,6 +445,27 @@ def progress(session: Session, job_id: str) -> tuple[int, int]:
     """
     job = get_job(session, job_id)
     return count_candidates(session, job_id, FINISHED_CANDIDATES), job.n_trials
+
+
+def recent_trial_times(
+    session: Session, job_id: str, limit: int
+) -> list[tuple[CandidateStatus, datetime, datetime]]:
+    """``(status, started_at, finished_at)`` of the job's latest finished trials, newest first.
+
+    What ``service.stall`` needs to tell a stalled search from a slow one;
+    bounded by ``limit`` so that a poll of a long job stays cheap.
+    """
+    stmt = (
+        select(Candidate.status, Candidate.started_at, Candidate.finished_at)
+        .where(
+            Candidate.job_id == job_id,
+            Candidate.status.in_(list(FINISHED_CANDIDATES)),
+            Candidate.finished_at.is_not(None),
+        )
+        .order_by(Candidate.finished_at.desc())
+        .limit(limit)
+    )
+    return [(status, start, end) for status, start, end in session.execute(stmt) if end]
 
 
 # --- latency cache --------------------------------------------------------------------------

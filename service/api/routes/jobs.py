@@ -45,6 +45,8 @@ from service.errors import (
 from service.modelcheck import check_job_model, spec_classes
 from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 from service.quotas import admission
+from service.settings import Settings
+from service.stall import job_stall, stalls
 from service.uploads import check_job_weights
 
 Priority = Literal["interactive", "overnight"]
@@ -62,8 +64,11 @@ ARTIFACTS: dict[str, str] = {
 }
 
 
-def _job_public(session: SessionDep, job: Job) -> JobPublic:
-    return JobPublic.of(job, repo.progress(session, job.id), repo.best_candidate(session, job.id))
+def _job_public(session: SessionDep, job: Job, settings: Settings | None = None) -> JobPublic:
+    """The job's public view; with ``settings``, also whether it is stalled."""
+    stall = job_stall(session, job, settings) if settings is not None else None
+    best = repo.best_candidate(session, job.id)
+    return JobPublic.of(job, repo.progress(session, job.id), best, stall)
 
 
 def request_hash(spec: JobSpec, queue: str) -> str:
@@ -154,6 +159,7 @@ def _replay(session: SessionDep, earlier: Job, digest: str, response: Response) 
 def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
@@ -162,15 +168,19 @@ def list_jobs(
     jobs = repo.list_jobs(session, limit=limit, offset=offset, status=status, owner=owner)
     ids = [job.id for job in jobs]  # two queries for the page, not two per job
     done, best = repo.finished_counts(session, ids), repo.best_candidates(session, ids)
-    items = [JobPublic.of(job, (done[job.id], job.n_trials), best.get(job.id)) for job in jobs]
+    stalled = stalls(session, jobs, settings)
+    items = [
+        JobPublic.of(job, (done[job.id], job.n_trials), best.get(job.id), stalled.get(job.id))
+        for job in jobs
+    ]
     total = repo.count_jobs(session, status, owner=owner)
     return Page[JobPublic](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
-    """State, progress, baseline, best candidate so far and timings of one job."""
-    return _job_public(session, repo.get_job(session, job_id, owner))
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
+    """State, progress, baseline, best candidate so far, timings and stall of one job."""
+    return _job_public(session, repo.get_job(session, job_id, owner), settings)
 
 
 @router.post(

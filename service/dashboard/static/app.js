@@ -72,6 +72,17 @@
     return h("span", { class: `badge status-${status}`, dataset: { status } }, status);
   }
 
+  /** A searching job that stopped moving (the API's `stalled`, see service/stall.py). */
+  function stallBadge(job) {
+    if (!job.stalled) return null;
+    return h("span", { class: "badge stalled", title: stallText(job.stalled) }, "stalled");
+  }
+
+  function stallText(stall) {
+    const median = stall.median_trial_s === null ? "" : ` (its trials take ${fmt.secs(stall.median_trial_s)})`;
+    return `No trial has finished for ${fmt.secs(stall.idle_s)}, more than the ${fmt.secs(stall.threshold_s)} this job allows${median}. Are its workers running?`;
+  }
+
   function progressBar(done, total) {
     const share = total > 0 ? Math.min(1, done / total) : 0;
     return h(
@@ -285,7 +296,7 @@
       "tr",
       { dataset: { jobId: job.id }, class: "job-row" },
       h("td", {}, h("a", { href: `#/jobs/${job.id}`, class: "job-link" }, job.name), h("div", { class: "muted small mono" }, job.id.slice(0, 12))),
-      h("td", {}, statusBadge(job.status)),
+      h("td", {}, statusBadge(job.status), " ", stallBadge(job)),
       h("td", { class: "progress-cell" }, progressBar(job.progress.done, job.progress.total)),
       h("td", {}, `${(spec.model || {}).arch || "?"} · ${(spec.dataset || {}).name || "?"}`),
       h("td", {}, (spec.search || {}).sampler || "?"),
@@ -365,8 +376,8 @@
       state.cands = cands.items;
       state.total = cands.total;
       state.pareto = pareto;
-      const triage = ((job.spec || {}).triage || {}).enabled;
-      if (state.sensitivity === undefined || (state.sensitivity === null && triage)) {
+      // Asked for only once the job has a report: no 404 for jobs without triage.
+      if (job.has_sensitivity && !state.sensitivity) {
         state.sensitivity = await api(`/v1/jobs/${jobId}/sensitivity`).catch((err) => {
           if (err instanceof ApiError && err.status === 404) return null;
           throw err;
@@ -428,7 +439,7 @@
           "Cancel job",
         );
     el.head.replaceChildren(
-      h("div", { class: "title-row" }, h("h1", { id: "job-name" }, job.name), statusBadge(job.status), h("div", { class: "spacer" }), cancel),
+      h("div", { class: "title-row" }, h("h1", { id: "job-name" }, job.name), statusBadge(job.status), stallBadge(job), h("div", { class: "spacer" }), cancel),
       h(
         "p",
         { class: "muted" },
@@ -437,6 +448,7 @@
       ),
       h("div", { class: "head-progress" }, progressBar(job.progress.done, job.progress.total), h("span", { class: "muted" }, "trials finished")),
       ...(job.error ? [h("div", { class: "error", role: "alert" }, `${job.status}: ${job.error}`)] : []),
+      ...(job.stalled ? [h("div", { class: "warning", id: "job-stalled", role: "status" }, `Stalled: ${stallText(job.stalled)}`)] : []),
     );
   }
 
