@@ -153,8 +153,9 @@ class QuotaExceeded(ServiceError):
 
     def __init__(self, quota: str, limit: int, current: int, adds: int, what: str) -> None:
         super().__init__(
-            f"quota {quota} reached: at most {limit} {what} per owner; you have {current} "
-            f"and this request adds {adds} (cancel some, or wait for them to end)"
+            f"quota {quota} (PRUNESEARCH_{quota.upper()}) reached: at most {limit} {what} "
+            f"per owner; you have {current} and this request adds {adds} (cancel some, or "
+            "wait for them to end)"
         )
         self.quota = quota
         self.limit = limit
