@@ -18,15 +18,20 @@ compared with its rows and requeued where nothing will otherwise run them:
 A slot whose trial is still running somewhere is left alone, so nothing is
 counted twice; a requeued slot that finds its earlier run finished does
 nothing (``workers.tasks._resume_slot``). One reconciler runs at a time (a
-Redis lock), every :data:`INTERVAL_S` in each API process.
+Redis lock), in each API process :data:`FIRST_PASS_S` after it starts (a
+restart is when something is most likely lost) and every :data:`INTERVAL_S`
+after that. Each pass leaves what it did under :data:`LAST_PASS` in Redis
+(:func:`last_pass`), so that an operator or a test can see that it runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import optuna
 from optuna.storages import fail_stale_trials
@@ -44,14 +49,18 @@ from service.queue import enqueue_job, missing_tasks, requeue, task_ids
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 30
+FIRST_PASS_S = 5
 FRESH_S = 60
 LOCK = "prunesearch:reconcile"
+LAST_PASS = "prunesearch:reconcile:last"
+LAST_PASS_TTL_S = 24 * 3600
 
 
 @dataclass
 class Report:
-    """What one pass requeued: job id -> what."""
+    """What one pass did: how many unfinished jobs it checked, and job id -> what it requeued."""
 
+    checked: int = 0
     requeued: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,6 +109,7 @@ def reconcile(session: Session, redis: Redis, optuna_url: str) -> Report:
     report = Report()
     active = [JobStatus.queued, JobStatus.preparing, JobStatus.searching, JobStatus.finalizing]
     jobs = session.scalars(select(Job).where(Job.status.in_(active))).all()
+    report.checked = len(jobs)
     for job in jobs:
         missing = missing_tasks(redis, job.id, job.n_trials)
         prepare_id, _, finalize_id = task_ids(job.id, job.n_trials)
@@ -125,13 +135,22 @@ def locked_pass(session: Session, redis: Redis, optuna_url: str) -> Report | Non
     try:
         if not redis.set(LOCK, "1", nx=True, ex=INTERVAL_S):
             return None
-        return reconcile(session, redis, optuna_url)
+        report = reconcile(session, redis, optuna_url)
+        done = {"at": datetime.now(UTC).isoformat(), **asdict(report)}
+        redis.set(LAST_PASS, json.dumps(done), ex=LAST_PASS_TTL_S)
+        return report
     except (RedisError, OSError, QueueUnavailable):
         return None  # Redis is down: the next pass, after it is back, does the work
 
 
+def last_pass(redis: Redis) -> dict[str, Any] | None:
+    """What the latest pass of any process did (``at``, ``checked``, ``requeued``), if any."""
+    raw = redis.get(LAST_PASS)
+    return None if raw is None else dict(json.loads(raw))
+
+
 class Reconciler(threading.Thread):
-    """Runs :func:`locked_pass` every :data:`INTERVAL_S` in the API process."""
+    """Runs :func:`locked_pass` soon after start, then every :data:`INTERVAL_S`, in the API."""
 
     def __init__(self, make_session: object, redis: Redis, optuna_url: str) -> None:
         super().__init__(name="reconciler", daemon=True)
@@ -140,7 +159,9 @@ class Reconciler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(INTERVAL_S):
+        wait = FIRST_PASS_S
+        while not self.stopped.wait(wait):
+            wait = INTERVAL_S
             try:
                 with self._make_session() as session:  # type: ignore[operator]
                     locked_pass(session, self._redis, self._url)

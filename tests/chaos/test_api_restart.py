@@ -3,8 +3,9 @@
 The workers do not need the API, so the search goes on while it is down;
 after the restart the same key works, an ``Idempotency-Key`` replay finds
 the first job, what was scored before is served unchanged, the reconciler
-of the new process requeues nothing of the healthy job, and it ends ``done``
-with every slot counted once.
+of the new process (its first pass comes seconds after the start, while the
+job still searches) checks the healthy job and requeues nothing, and it
+ends ``done`` with every slot counted once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import UTC, datetime
 
-from tests.chaos.test_worker_death import Stack, _check_books, _wait_done, stack
-from tests.integration.conftest import tiny_spec
+import redis
+
+from service.reconcile import last_pass
+from tests.chaos.test_worker_death import Stack, _check_books, _slow_spec, _wait_done, stack
 
 __all__ = ["stack"]
 
@@ -26,7 +30,9 @@ def _finished(stack: Stack, job_id: str) -> dict[int, tuple[str, float | None]]:
 
 def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
     stack.worker("a")
-    spec = tiny_spec("chaos-api", n_trials=12).model_dump(mode="json")
+    spec = _slow_spec("chaos-api", 12)
+    # Seconds a trial, so that it still searches when the new API's first pass comes.
+    spec["scoring"].update({"mode": "finetune", "finetune_steps": 20})
     key = {"Idempotency-Key": "nightly-1"}
     first = stack.api.post("/v1/jobs", json=spec, headers=key)
     assert first.status_code == 201
@@ -41,6 +47,7 @@ def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
     os.killpg(api.pid, signal.SIGKILL)
     api.wait(timeout=10)
     time.sleep(2)  # the worker keeps searching meanwhile
+    restarted = datetime.now(UTC)
     stack._start("api", "serve", "--port", stack.url.rsplit(":", 1)[1])
     stack.wait_ready()
 
@@ -51,6 +58,14 @@ def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
     assert {k: after[k] for k in before} == before  # what was scored is served unchanged
     jobs_after = stack.api.get("/v1/jobs").json()
     assert [j["id"] for j in jobs_after["items"]] == [j["id"] for j in jobs_before["items"]]
+
+    queue = redis.Redis.from_url(stack.env["PRUNESEARCH_REDIS_URL"])
+    deadline = time.monotonic() + 60
+    while (done := last_pass(queue)) is None or datetime.fromisoformat(done["at"]) < restarted:
+        assert time.monotonic() < deadline, f"no reconciler pass after the restart\n{done}"
+        time.sleep(0.5)
+    assert done["checked"] == 1 and done["requeued"] == {}, done  # it saw the job, left it
+    assert stack.api.get(f"/v1/jobs/{job_id}").json()["status"] == "searching"
 
     _wait_done(stack, job_id, timeout=300)
     _check_books(stack, job_id, 12, set())
