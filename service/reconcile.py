@@ -17,8 +17,8 @@ compared with its rows and requeued where nothing will otherwise run them:
 
 A slot whose trial is still running somewhere is left alone, so nothing is
 counted twice; a requeued slot that finds its earlier run finished does
-nothing (``workers.tasks._resume_slot``). One reconciler runs at a time (a
-Redis lock), in each API process :data:`FIRST_PASS_S` after it starts (a
+nothing (``workers.tasks._resume_slot``). One pass runs at a time (a
+Redis lock held while it runs), in each API process :data:`FIRST_PASS_S` after it starts (a
 restart is when something is most likely lost) and every :data:`INTERVAL_S`
 after that. Each pass leaves what it did under :data:`LAST_PASS` in Redis
 (:func:`last_pass`), so that an operator or a test can see that it runs.
@@ -131,11 +131,21 @@ def reconcile(session: Session, redis: Redis, optuna_url: str) -> Report:
 
 
 def locked_pass(session: Session, redis: Redis, optuna_url: str) -> Report | None:
-    """:func:`reconcile` under a Redis lock; None when another process holds it."""
+    """:func:`reconcile` under a Redis lock; None when another process holds it.
+
+    The lock is released when the pass ends (it expires after
+    :data:`INTERVAL_S` if its holder dies mid-pass), so an API restarted
+    after a kill makes its first pass at once instead of waiting out the
+    dead process's lock.
+    """
     try:
-        if not redis.set(LOCK, "1", nx=True, ex=INTERVAL_S):
+        lock = redis.lock(LOCK, timeout=INTERVAL_S, blocking=False)
+        if not lock.acquire():
             return None
-        report = reconcile(session, redis, optuna_url)
+        try:
+            report = reconcile(session, redis, optuna_url)
+        finally:
+            lock.release()
         done = {"at": datetime.now(UTC).isoformat(), **asdict(report)}
         redis.set(LAST_PASS, json.dumps(done), ex=LAST_PASS_TTL_S)
         return report
