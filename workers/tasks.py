@@ -153,10 +153,8 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
             "accuracy": _accuracy(ctx, model, "test"),
             "val_accuracy": _accuracy(ctx, model, "val"),
             **_costs(ctx, model),
-            "latency_ms": {  # replaced by a side-by-side measurement in finalize
-                str(b): ms
-                for b, ms in measure.latency_ms(model, ctx.input_shape, device=ctx.device).items()
-            },
+            # No latency here: finalize times baseline and pruned network side by
+            # side and stores that one figure (a second, earlier one disagreed).
             "profile_flops": profile.base_flops,
             "profile_params": profile.base_params,
         }
@@ -550,7 +548,7 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
     (out / "pareto.json").write_text(json.dumps({"objective": objective, "front": front}, indent=2))
     (out / "result.json").write_text(json.dumps(result, indent=2))
     with _session(settings) as s:
-        repo.update_job(s, job_id, result=result, timings=timings)
+        repo.update_job(s, job_id, result=result, timings=timings, baseline=baseline)
         repo.transition(s, job_id, JobStatus.done, allowed_from={JobStatus.finalizing})
     del model, exported, built
     candidate.release()

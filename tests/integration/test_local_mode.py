@@ -32,6 +32,8 @@ def test_local_search_writes_a_verified_result(
     best = result["best"]
     assert best["flops"] <= 0.5 * result["baseline"]["flops"] * 1.01
     assert set(best["latency_ms"]) == {"1", "256"}
+    # One baseline latency: the job (as the API shows it) and result.json agree.
+    assert job["baseline"]["latency_ms"] == result["baseline"]["latency_ms"]
     assert best["criterion"] == criterion
     assert result["pareto"] and all(p["flops"] > 0 for p in result["pareto"])
 
