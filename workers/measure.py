@@ -17,6 +17,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+MIN_TIMED = 3  # timed passes a latency median rests on, whatever the budget
+
 
 def count(
     model: nn.Module, input_shape: tuple[int, int, int], device: str | torch.device = "cpu"
@@ -44,6 +46,7 @@ def latency_ms(
     batch_sizes: Sequence[int] = (1, 256),
     warmup: int = 2,
     repeats: int = 5,
+    budget_s: float = 1.0,
 ) -> dict[int, float]:
     """Median forward time in milliseconds per batch size, in eval mode.
 
@@ -58,9 +61,13 @@ def latency_ms(
         warmup: Untimed passes first (allocator, cuDNN autotuning, caches).
         repeats: Timed passes at batch 256; smaller batches get proportionally
             more (at most 200), so the median is stable.
+        budget_s: Rough time cap per batch size: a pass slower than
+            ``budget_s / repeats`` cuts the timed passes, never below 3. A big
+            network at batch 256 on a CPU takes most of a second per pass, and
+            finalize times two networks three times over.
     """
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
+    if repeats < 1 or warmup < 1:
+        raise ValueError("repeats and warmup must be at least 1")
     dev = torch.device(device)
     was_training = model.training
     model.to(dev).eval()
@@ -71,7 +78,11 @@ def latency_ms(
             # Small batches take microseconds and jitter a lot: time more of them.
             n = max(repeats, min(200, repeats * 256 // batch))
             for _ in range(max(warmup, n // 10)):
+                start = time.perf_counter()
                 model(x)
+                _sync(dev)
+            per_pass = time.perf_counter() - start
+            n = min(n, max(MIN_TIMED, int(budget_s / max(per_pass, 1e-9))))
             times = []
             for _ in range(n):
                 _sync(dev)
