@@ -149,7 +149,7 @@ def prepare(job_id: str, settings: Settings | None = None) -> None:
         ctx.profile = profile
         space = ctx.space()
         repair(space, [1.0] * space.size, ctx.budget())  # infeasible: fail now
-        baseline = {
+        baseline: dict[str, Any] = {
             "accuracy": _accuracy(ctx, model, "test"),
             "val_accuracy": _accuracy(ctx, model, "val"),
             **_costs(ctx, model),
