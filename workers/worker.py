@@ -72,12 +72,18 @@ def _prefetch(job_id: str) -> None:
     from search.study import storage as study_storage
     from service.db import repo
     from service.db.session import session_factory, session_scope
+    from service.db.spec import JobSpec
     from workers import data
+    from workers.context import load_splits
 
     settings = Settings()
     with session_scope(session_factory(settings.database_url)) as s:
-        name = repo.get_job(s, job_id).spec["dataset"]["name"]
-    data.raw(name, tuple(settings.dataset_dirs(name)))
+        spec = JobSpec.model_validate(repo.get_job(s, job_id).spec)
+    name = spec.dataset.name
+    if name == "imagefolder":  # decoded once here when it fits the cache (else it streams)
+        load_splits(spec, settings, "cpu")
+    else:
+        data.raw(name, tuple(settings.dataset_dirs(name)))
     study_storage(settings.optuna_url)  # opened once here; each horse reuses the engine
 
 
