@@ -277,6 +277,16 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+class CandidatePage(Page[CandidatePublic]):
+    """A page of candidates; with ``since=``, also the cursor the next poll sends."""
+
+    next_since: str | None = Field(
+        default=None,
+        description="Only with since=: pass it as since= next time to get only the candidates "
+        "created or changed after this reply (a running one comes back when it finishes).",
+    )
+
+
 class Health(BaseModel):
     status: str
     database: str

@@ -374,6 +374,43 @@ def list_candidates(
     return list(session.scalars(stmt.limit(limit).offset(offset)))
 
 
+def changed_candidates(
+    session: Session,
+    job_id: str,
+    *,
+    start: int,
+    pending: Iterable[int] = (),
+    limit: int,
+    where: CandidateFilter | None = None,
+) -> list[Candidate]:
+    """What a poll with a cursor has not seen: ids from ``start`` on, and ``pending`` now finished.
+
+    ``pending`` are candidates the poll saw running; they come back once they are not.
+    Oldest first (by id), so the cursor can resume after the last one.
+    """
+    done_now = Candidate.id.in_(list(pending)) & (Candidate.status != CandidateStatus.running)
+    stmt = select(Candidate).where(Candidate.job_id == job_id, (Candidate.id >= start) | done_now)
+    stmt = (where or CandidateFilter()).apply(stmt).order_by(Candidate.id)
+    return list(session.scalars(stmt.limit(limit)))
+
+
+def still_running(
+    session: Session, job_id: str, ids: Iterable[int], start: int, stop: int
+) -> list[int]:
+    """Which of ``ids`` and of the ids in ``[start, stop)`` are candidates still running."""
+    seen = Candidate.id.in_(list(ids)) | ((Candidate.id >= start) & (Candidate.id < stop))
+    stmt = select(Candidate.id).where(
+        Candidate.job_id == job_id, Candidate.status == CandidateStatus.running, seen
+    )
+    return sorted(session.scalars(stmt))
+
+
+def last_candidate_id(session: Session, job_id: str) -> int:
+    """The job's highest candidate id (0 without candidates): where a new cursor starts."""
+    stmt = select(func.max(Candidate.id)).where(Candidate.job_id == job_id)
+    return int(session.scalar(stmt) or 0)
+
+
 def count_candidates(
     session: Session,
     job_id: str,

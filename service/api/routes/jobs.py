@@ -17,11 +17,14 @@ from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 
 from search import Point, pareto_front
+from service.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional
+from service.api.cursor import PATTERN, Cursor
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import Responses, raises
 from service.api.schemas import (
     BaseCosts,
     CancelPublic,
+    CandidatePage,
     CandidatePublic,
     JobPublic,
     Page,
@@ -155,16 +158,17 @@ def _replay(session: SessionDep, earlier: Job, digest: str, response: Response) 
     return _job_public(session, earlier)
 
 
-@router.get("", response_model=Page[JobPublic])
+@router.get("", response_model=Page[JobPublic], responses=NOT_MODIFIED)
 def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
+    if_none_match: IfNoneMatch = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
-) -> Page[JobPublic]:
-    """The caller's jobs, newest first."""
+) -> Response:
+    """The caller's jobs, newest first; a 304 when the page is what If-None-Match names."""
     jobs = repo.list_jobs(session, limit=limit, offset=offset, status=status, owner=owner)
     ids = [job.id for job in jobs]  # two queries for the page, not two per job
     done, best = repo.finished_counts(session, ids), repo.best_candidates(session, ids)
@@ -174,13 +178,24 @@ def list_jobs(
         for job in jobs
     ]
     total = repo.count_jobs(session, status, owner=owner)
-    return Page[JobPublic](items=items, total=total, limit=limit, offset=offset)
+    page = Page[JobPublic](items=items, total=total, limit=limit, offset=offset)
+    return conditional(page, owner, if_none_match)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
-    """State, progress, baseline, best candidate so far, timings and stall of one job."""
-    return _job_public(session, repo.get_job(session, job_id, owner), settings)
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_MODIFIED)
+def get_job(
+    job_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """State, progress, baseline, best candidate so far, timings and stall of one job.
+
+    A 304 when it is what If-None-Match names; another owner's job is a 404 first.
+    """
+    job = _job_public(session, repo.get_job(session, job_id, owner), settings)
+    return conditional(job, owner, if_none_match)
 
 
 @router.post(
@@ -227,7 +242,7 @@ CandidateSort = Literal[
 ]  # fmt: skip
 
 
-@router.get("/{job_id}/candidates", response_model=Page[CandidatePublic])
+@router.get("/{job_id}/candidates", response_model=CandidatePage, responses=NOT_MODIFIED)
 def list_candidates(
     job_id: str,
     session: SessionDep,
@@ -242,8 +257,21 @@ def list_candidates(
     max_flops_ratio: Annotated[float | None, Query(gt=0, le=1)] = None,
     max_params_ratio: Annotated[float | None, Query(gt=0, le=1)] = None,
     worker: Annotated[str | None, Query(max_length=200)] = None,
-) -> Page[CandidatePublic]:
-    """The job's candidates, sorted and filtered; ``total`` counts the matching ones."""
+    since: Annotated[
+        str | None,
+        Query(
+            pattern=PATTERN,
+            max_length=8000,
+            description="A next_since from an earlier reply (0 to start): only candidates "
+            "created or changed since, oldest first (order and offset do not apply).",
+        ),
+    ] = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The job's candidates, sorted and filtered; ``total`` counts the matching ones.
+
+    With ``since=``, only what changed since that reply, and the cursor for the next poll.
+    """
     job = repo.get_job(session, job_id, owner)
     costs = BaseCosts.of(job)
     where = repo.CandidateFilter(
@@ -253,12 +281,39 @@ def list_candidates(
         max_params=_bound(max_params_ratio, costs.params, "max_params_ratio"),
         worker=worker,
     )
+    if since is not None:
+        page = _changed(session, job, Cursor.parse(since), limit, where)
+        return conditional(page, owner, if_none_match)
     rows = repo.list_candidates(
         session, job_id, limit=limit, offset=offset, order_by=order, where=where
     )
     items = [CandidatePublic.of(c, costs) for c in rows]
     total = repo.count_candidates(session, job_id, where=where)
-    return Page[CandidatePublic](items=items, total=total, limit=limit, offset=offset)
+    page = CandidatePage(items=items, total=total, limit=limit, offset=offset)
+    return conditional(page, owner, if_none_match)
+
+
+def _changed(
+    session: SessionDep, job: Job, seen: Cursor, limit: int, where: repo.CandidateFilter
+) -> CandidatePage:
+    """The candidates a poll holding ``seen`` has not seen, and the cursor after them.
+
+    Read before the rows, so that a candidate created meanwhile is at or after the
+    new cursor's ``next`` and a job ending meanwhile is reported again next time.
+    """
+    ended = job.status in TERMINAL
+    last = repo.last_candidate_id(session, job.id)
+    start = 0 if ended and not seen.ended else seen.next
+    rows = repo.changed_candidates(
+        session, job.id, start=start, pending=seen.running, limit=limit, where=where
+    )
+    after = rows[-1].id + 1 if rows else start
+    stop = after if len(rows) == limit else max(last + 1, start, after)
+    running = repo.still_running(session, job.id, seen.running, start, stop)
+    cursor = str(Cursor(next=stop, running=tuple(running), ended=ended))
+    costs = BaseCosts.of(job)
+    items = [CandidatePublic.of(c, costs) for c in rows]
+    return CandidatePage(items=items, total=len(items), limit=limit, offset=0, next_since=cursor)
 
 
 def _bound(ratio: float | None, base: float | None, field: str) -> float | None:

@@ -1,0 +1,210 @@
+"""Cheap polls: ETag / If-None-Match on the polled reads, and ``since=`` on the candidates list.
+
+On both database backends and a real Redis, through the app with API keys, as a dashboard polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.db import repo
+from service.db.models import CandidateStatus, JobStatus
+from service.db.session import session_factory
+from service.db.spec import JobSpec
+from service.settings import Settings
+from tests.service.conftest import add_key, keyed_client
+
+SPEC: dict[str, Any] = {
+    "name": "poll-lenet",
+    "model": {"arch": "lenet5", "pretrain_epochs": 0},
+    "dataset": {"name": "synthetic"},
+    "target": {"flops_ratio": 0.5},
+    "search": {"n_trials": 5},
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, redis_url: str) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=db_url, redis_url=redis_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with keyed_client(settings, "alice") as c:
+        yield c
+
+
+def _job(settings: Settings) -> str:
+    with session_factory(settings.database_url)() as s:
+        return repo.create_job(s, JobSpec.model_validate(SPEC), "interactive", owner="alice").id
+
+
+def _candidate(settings: Settings, job_id: str, trial: int) -> int:
+    """A running candidate of ``job_id``; its id."""
+    with session_factory(settings.database_url)() as s:
+        cand = repo.add_candidate(
+            s, job_id, trial_number=trial, key=f"k{trial}", ratios=[0.5], proposed=[0.5],
+            counts=[4], flops=500.0, params=50.0,
+        )  # fmt: skip
+        return cand.id
+
+
+def _finish(settings: Settings, cand_id: int, score: float = 0.7) -> None:
+    with session_factory(settings.database_url)() as s:
+        repo.finish_candidate(s, cand_id, score=score, accuracy=score)
+
+
+POLLED = ["/v1/jobs/{id}", "/v1/jobs", "/v1/jobs/{id}/candidates"]
+
+
+@pytest.mark.parametrize("path", POLLED)
+def test_unchanged_is_304_and_a_change_is_200_with_a_new_etag(
+    client: TestClient, settings: Settings, path: str
+) -> None:
+    job_id = _job(settings)
+    _candidate(settings, job_id, 0)
+    url = path.format(id=job_id)
+    first = client.get(url)
+    assert first.status_code == 200
+    etag = first.headers["etag"]
+    assert etag.startswith('W/"')
+    assert "no-cache" in first.headers["cache-control"]
+    assert "private" in first.headers["cache-control"]
+
+    again = client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+    assert client.get(url, headers={"If-None-Match": f'"other", {etag}'}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+
+    _finish(settings, _candidate(settings, job_id, 1))  # progress and the best change
+    changed = client.get(url, headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
+    assert changed.json() != first.json()
+
+
+@pytest.mark.parametrize("path", POLLED)
+def test_304_needs_a_key_and_never_crosses_owners(
+    client: TestClient, settings: Settings, path: str
+) -> None:
+    job_id = _job(settings)
+    url = path.format(id=job_id)
+    etag = client.get(url).headers["etag"]
+    bob = add_key(settings.database_url, "bob")
+
+    anonymous = client.get(url, headers={"If-None-Match": etag, "Authorization": ""})
+    assert anonymous.status_code == 401
+    theirs = client.get(url, headers={"If-None-Match": etag, **bob})
+    if "{id}" in path:
+        assert theirs.status_code == 404  # another owner's job: as if missing, not "unchanged"
+    else:
+        assert theirs.status_code == 200  # bob's (empty) list has a tag of its own
+        assert theirs.json()["items"] == []
+        assert theirs.headers["etag"] != etag
+
+
+def _since(client: TestClient, job_id: str, since: str, **params: Any) -> dict[str, Any]:
+    reply = client.get(f"/v1/jobs/{job_id}/candidates", params={"since": since, **params})
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def _ids(body: dict[str, Any]) -> list[int]:
+    return [c["id"] for c in body["items"]]
+
+
+def test_since_returns_only_new_and_changed_candidates(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id = _job(settings)
+    done = _candidate(settings, job_id, 0)
+    _finish(settings, done)
+    running = _candidate(settings, job_id, 1)
+
+    first = _since(client, job_id, "0")
+    assert _ids(first) == [done, running]
+    assert [c["status"] for c in first["items"]] == ["complete", "running"]
+    cursor = first["next_since"]
+
+    assert _ids(_since(client, job_id, cursor)) == []  # nothing new: nothing again
+
+    new = _candidate(settings, job_id, 2)
+    _finish(settings, running, score=0.9)  # returned while running, now complete
+    second = _since(client, job_id, cursor)
+    assert _ids(second) == [running, new]
+    assert [c["status"] for c in second["items"]] == ["complete", "running"]
+    assert second["items"][0]["score"] == 0.9
+
+    _finish(settings, new)
+    third = _since(client, job_id, second["next_since"])
+    assert _ids(third) == [new]
+    assert third["items"][0]["status"] == "complete"
+    assert _ids(_since(client, job_id, third["next_since"])) == []
+
+
+def test_since_pages_by_limit_and_keeps_tracking_running_ones(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id = _job(settings)
+    ids = [_candidate(settings, job_id, trial) for trial in range(3)]
+
+    page = _since(client, job_id, "0", limit=2)
+    assert _ids(page) == ids[:2]
+    rest = _since(client, job_id, page["next_since"], limit=2)
+    assert _ids(rest) == ids[2:]
+
+    _finish(settings, ids[0])
+    assert _ids(_since(client, job_id, rest["next_since"], limit=2)) == [ids[0]]
+
+
+def test_since_after_the_job_ends_returns_every_candidate_once(
+    client: TestClient, settings: Settings
+) -> None:
+    """``finalize`` records rungs on finished candidates just before the job ends."""
+    job_id = _job(settings)
+    cand = _candidate(settings, job_id, 0)
+    _finish(settings, cand)
+    cursor = _since(client, job_id, "0")["next_since"]
+    with session_factory(settings.database_url)() as s:
+        repo.set_rungs(s, cand, {"short_finetune": 0.8})
+        repo.transition(s, job_id, JobStatus.cancelled, allowed_from={JobStatus.queued})
+
+    after = _since(client, job_id, cursor)
+    assert _ids(after) == [cand]
+    assert after["items"][0]["rungs"] == {"short_finetune": 0.8}
+    assert _ids(_since(client, job_id, after["next_since"])) == []
+
+
+def test_since_with_a_status_filter_still_sees_a_running_one_finish(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id = _job(settings)
+    cand = _candidate(settings, job_id, 0)
+    complete = [CandidateStatus.complete.value]
+    first = _since(client, job_id, "0", status=complete)
+    assert _ids(first) == []
+    _finish(settings, cand)
+    assert _ids(_since(client, job_id, first["next_since"], status=complete)) == [cand]
+
+
+@pytest.mark.parametrize("bad", ["", "x1", "1..2", "-1", "r1.", "1" * 16, "r1,2"])
+def test_malformed_since_is_422_naming_it(client: TestClient, settings: Settings, bad: str) -> None:
+    job_id = _job(settings)
+    reply = client.get(f"/v1/jobs/{job_id}/candidates", params={"since": bad})
+    assert reply.status_code == 422
+    assert any(error["loc"][-1] == "since" for error in reply.json()["detail"])
+
+
+def test_304_is_declared_on_the_polled_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in POLLED:
+        reply = paths[path.replace("{id}", "{job_id}")]["get"]["responses"]["304"]
+        assert "ETag" in reply["headers"]
