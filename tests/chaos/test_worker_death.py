@@ -178,7 +178,8 @@ def _check_books(stack: Stack, job_id: str, n_trials: int, killed: set[int]) -> 
     items = stack.api.get(f"/v1/jobs/{job_id}/candidates", params={"limit": 500}).json()["items"]
     finished = [c for c in items if c["status"] in ("complete", "duplicate", "failed")]
     lost = [c for c in items if c["status"] == "lost"]
-    assert len(finished) == n_trials, [(c["trial_number"], c["status"]) for c in items]
+    books = [(c["trial_number"], c["task"], c["status"], c["worker"], c["error"]) for c in items]
+    assert len(finished) == n_trials, f"{books}\n{stack.log_text()[-6000:]}"
     assert len({c["task"] for c in finished}) == n_trials  # each slot counted once
     assert {c["id"] for c in lost} == killed
     assert all("worker died" in (c["error"] or "") for c in lost)
