@@ -135,3 +135,16 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) ->
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def install_plugin(site: Path, package: str, source: str, models: dict[str, str]) -> None:
+    """Install ``package`` into ``site`` as a real distribution with ``prunesearch.models``
+    entry points (``name -> "module:callable"``): importlib.metadata finds it on ``sys.path``
+    exactly as it finds a pip-installed package."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in models.items())
+    (info / "entry_points.txt").write_text(f"[prunesearch.models]\n{lines}")

@@ -40,7 +40,7 @@ from service.db.spec import JobSpec
 from service.local import local_settings, run_local
 from tests.imagefolders import write_fashion_mnist
 from tests.integration.test_service_e2e import create_key
-from tests.support import free_port, stop_processes, wait_for_api
+from tests.support import free_port, install_plugin, stop_processes, wait_for_api
 
 CLI = [sys.executable, "-m", "service.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,18 +84,6 @@ def build(*, in_channels, num_classes, input_size):
 '''
 
 
-def install_plugin(site: Path) -> None:
-    """A real installed distribution: the package and its ``.dist-info`` entry point."""
-    (site / "testonlynets").mkdir(parents=True)
-    (site / "testonlynets" / "__init__.py").write_text(PLUGIN)
-    info = site / "testonlynets-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: testonlynets\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        f"[prunesearch.models]\n{PLUGIN_ARCH} = testonlynets:build\n"
-    )
-
-
 def family_spec(arch: str, dataset: dict[str, Any]) -> dict[str, Any]:
     """Two trials at half the FLOPs, 3-channel 28x28 crops of the 32x32 images."""
     return {
@@ -122,26 +110,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data_dir = base / "data"
     write_fashion_mnist(data_dir / "fmnist", per_class=10, split_layout=True)
     site = base / "site"
-    install_plugin(site)
+    install_plugin(site, "testonlynets", PLUGIN, {PLUGIN_ARCH: "testonlynets:build"})
     paths = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "PRUNESEARCH_DATA_DIR": str(data_dir),
     }
-    sys.path.insert(0, str(site))
-    old = {k: os.environ.get(k) for k in ("PRUNESEARCH_DATA_DIR",)}
-    os.environ["PRUNESEARCH_DATA_DIR"] = str(data_dir)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(site))
+        patch.setenv("PRUNESEARCH_DATA_DIR", str(data_dir))
         yield {"base": base, "data_dir": data_dir, "env": env}
-    finally:
-        sys.path.remove(str(site))
-        sys.modules.pop("testonlynets", None)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    sys.modules.pop("testonlynets", None)
 
 
 def verify_cli(out: Path, env: dict[str, str]) -> str:

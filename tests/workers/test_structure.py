@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from service.db.spec import JobSpec
 from service.local import run_local
+from tests.support import install_plugin
 from workers import zoo
 from workers.errors import StructureError, UnknownArchitecture
 from workers.hub_import import import_failure, import_hub
@@ -182,12 +183,7 @@ def build(*, in_channels, num_classes, input_size):
 
 def install_cifar_plugin(site: Path) -> str:
     """Install ``cifarlenet`` into ``site``: a plugin whose network needs 32x32 inputs."""
-    (site / PLUGIN).mkdir(parents=True)
-    (site / PLUGIN / "__init__.py").write_text(PACKAGE)
-    info = site / f"{PLUGIN}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[prunesearch.models]\ncifarlenet = {PLUGIN}:build\n")
+    install_plugin(site, PLUGIN, PACKAGE, {"cifarlenet": f"{PLUGIN}:build"})
     return "cifarlenet"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from service.db.spec import JobSpec
+from tests.support import install_plugin
 from workers import zoo
 from workers.errors import UnknownArchitecture
 
@@ -69,21 +70,21 @@ def not_a_module(**kwargs):
     return "a network, promise"
 """
 
-ENTRY_POINTS = """
-[prunesearch.models]
-tinynet = mynets:build
-nofc = mynets:no_fc
-noclassifier = mynets:no_classifier
-namedhead = mynets:named_head
-notmodule = mynets:not_a_module
-broken = mynets_missing:build
-"""
+ENTRY_POINTS = {
+    "tinynet": "mynets:build",
+    "nofc": "mynets:no_fc",
+    "noclassifier": "mynets:no_classifier",
+    "namedhead": "mynets:named_head",
+    "notmodule": "mynets:not_a_module",
+    "broken": "mynets_missing:build",
+}
 
 PROBE = """
 import json, subprocess, sys
 import torch
 from service.db.spec import JobSpec
 from workers import export, zoo
+from tests.support import install_plugin
 from workers.errors import UnknownArchitecture
 from workers.profiling import channel_groups
 from workers.prune import prune
@@ -132,18 +133,9 @@ print(json.dumps(out))
 """
 
 
-def _install_plugin(site: Path) -> None:
-    (site / "mynets").mkdir(parents=True)
-    (site / "mynets" / "__init__.py").write_text(PACKAGE)
-    info = site / "mynets-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mynets\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(ENTRY_POINTS)
-
-
 def _run_with_plugin(tmp_path: Path) -> dict[str, Any]:
     site = tmp_path / "site"
-    _install_plugin(site)
+    install_plugin(site, "mynets", PACKAGE, ENTRY_POINTS)
     script = tmp_path / "probe.py"
     script.write_text(textwrap.dedent(PROBE))
     paths = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]
