@@ -4,7 +4,7 @@ For every zoo network (and any ``--arch`` given), on Fashion-MNIST written as
 3-channel 32x32 PNG class folders (``tests/imagefolders.py``):
 
 - ``check_ms``: the fail-early structural check from scratch (build the
-  network, ``workers.structure.check``: forward at the data's shape,
+  network, ``workers.compress.structure.check``: forward at the data's shape,
   profile, pruning groups), median of 5;
 - ``profile_ms``: the ModelProfile build alone, median of 5;
 - one local job at flops_ratio 0.5 (``run_local``), its phase times and wall
@@ -30,11 +30,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.db.spec import JobSpec  # noqa: E402
-from service.local import local_settings, run_local  # noqa: E402
-from tests.imagefolders import write_fashion_mnist  # noqa: E402
-from workers import profiling, structure, zoo  # noqa: E402
-from workers.verify import verify  # noqa: E402
+from cli.local import local_settings, run_local
+from core.spec import JobSpec
+from tests.imagefolders import write_fashion_mnist
+from workers.compress import profiling, structure
+from workers.nets import zoo
+from workers.verify import verify
 
 SHAPE = (3, 32, 32)
 

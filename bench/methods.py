@@ -43,20 +43,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from bench.report import table  # noqa: E402
-from search import Budget, SearchSpace, repair  # noqa: E402
-from search.alds import alds_allocate, uniform_rank  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from workers import criteria, data, lowrank, measure, prune, train, zoo  # noqa: E402
-from workers.distill import distill_loss  # noqa: E402
-from workers.masking import DynamicMasks  # noqa: E402
-from workers.profiling import build_profile, channel_groups  # noqa: E402
-from workers.reconstruct import reconstruct  # noqa: E402
-from workers.triage import block_criticality, blocks, sensitivity_curves, triage_findings  # noqa: E402
+from bench.report import table
+from core.settings import Settings
+from search import Budget, SearchSpace, repair
+from search.alds import alds_allocate, uniform_rank
+from workers.compress import criteria, lowrank, prune
+from workers.compress.distill import distill_loss
+from workers.compress.masking import DynamicMasks
+from workers.compress.profiling import build_profile, channel_groups
+from workers.compress.reconstruct import reconstruct
+from workers.compress.triage import block_criticality, blocks, sensitivity_curves, triage_findings
+from workers.nets import data, measure, train, zoo
 
 CACHE = ROOT / "bench" / "cache"
 RESULTS = ROOT / "bench" / "results"

@@ -3,7 +3,7 @@
 Fashion-MNIST, resnet20, one trained baseline per seed (cached under
 bench/cache by its settings, through the product's own baseline cache).
 For every seed and every target (50% and 25% of the baseline FLOPs) each
-method runs as a real local job (``service.local.run_local``: the same
+method runs as a real local job (``cli.local.run_local``: the same
 prepare / trial / finalize the service runs) with the same number of trials,
 the same promotion ladder and the same final fine-tune, so only the sampler
 differs. Methods: uniform, tp_global (Torch-Pruning's global ranking),
@@ -49,17 +49,18 @@ RESULTS = ROOT / "bench" / "results"
 # The product's baseline cache: each seed's baseline is trained once per run configuration.
 os.environ.setdefault("PRUNESEARCH_BASELINE_CACHE", str(CACHE / "baselines"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.report import table  # noqa: E402
-from service.db import repo  # noqa: E402
-from service.db.models import CandidateStatus  # noqa: E402
-from service.db.session import session_factory, session_scope  # noqa: E402
-from service.db.spec import JobSpec  # noqa: E402
-from service.local import local_settings, run_local  # noqa: E402
-from workers import candidate, train  # noqa: E402
-from workers.context import job_context  # noqa: E402
+from bench.report import table
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import CandidateStatus
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
+from workers.nets import train
+from workers.steps import candidate
+from workers.steps.context import job_context
 
 SEARCHED = ("random", "tpe", "nsga2", "genetic")
 

@@ -32,7 +32,7 @@ from redis import Redis
 from sqlalchemy import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 
 
 def is_loopback(host: str | None) -> bool:

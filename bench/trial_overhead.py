@@ -34,12 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.cli import load_spec  # noqa: E402
-from service.db import repo  # noqa: E402
-from service.db.models import CandidateStatus, JobStatus  # noqa: E402
-from service.db.session import migrate, session_factory, session_scope  # noqa: E402
-from service.local import local_settings, run_local  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from cli.local import local_settings, run_local
+from cli.main import load_spec
+from core.db import repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import migrate, session_factory, session_scope
+from core.settings import Settings
 
 COMPUTE = ("prune_s", "calib_s", "eval_s")
 IN_TASK_OVERHEAD = ("ask_s", "db_s", "tell_s")
@@ -96,7 +96,7 @@ def run_service(spec_path: Path, workers: int) -> dict[str, Any]:
     """Run the job through Redis and ``workers`` real worker processes."""
     from redis import Redis
 
-    from service.queue import enqueue_job
+    from core.queue import enqueue_job
 
     spec = load_spec(spec_path)
     base = Settings()
@@ -108,7 +108,7 @@ def run_service(spec_path: Path, workers: int) -> dict[str, Any]:
         redis = Redis.from_url(redis_url)
         redis.flushdb()
         threads = max(1, (os.cpu_count() or 1) // workers)
-        worker_cmd = [sys.executable, "-m", "service.cli", "worker", "--threads", str(threads)]
+        worker_cmd = [sys.executable, "-m", "cli.main", "worker", "--threads", str(threads)]
         procs = [
             subprocess.Popen(
                 [*worker_cmd, "--name", f"bench-w{i}"],

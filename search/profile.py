@@ -144,7 +144,7 @@ def factorisation(
     """How a layer of the given (current) shape is decomposed at ``rank``.
 
     The one rule that both the cost model and the network builder
-    (``workers.lowrank``) follow, so a candidate costs what it will measure:
+    (``workers.compress.lowrank``) follow, so a candidate costs what it will measure:
 
     * ``slices`` apply only where they divide the input channels (else 1);
     * the rank is capped at the layer's current full rank, which channel
@@ -235,7 +235,7 @@ class ModelProfile:
     def decomposition(self, values: Sequence[int]) -> dict[str, tuple[int, int]]:
         """``{layer: (rank, slices)}`` of the layers that ``values`` decomposes.
 
-        This is what the worker builds (``workers.lowrank.decompose`` applies
+        This is what the worker builds (``workers.compress.lowrank.decompose`` applies
         the same rule) and what an exported recipe stores.
         """
         counts, ranks = self._split(values)

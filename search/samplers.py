@@ -11,7 +11,8 @@ distinct when they run in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,40 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
+from search import catalogue
 from search.errors import SearchError, UnknownSampler
 from search.genetic import GeneticSampler
 
-SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
+SAMPLERS = tuple(catalogue.SAMPLERS)
 # Samplers that replay one allocation computed in ``prepare`` (rule-based baselines).
-ALLOCATORS = frozenset({"tp_global", "sensitivity"})
+ALLOCATORS = frozenset(name for name, info in catalogue.SAMPLERS.items() if info.allocator)
 ALLOCATION_KEY = "prunesearch:allocation"
+
+# A factory makes the inner sampler from (seed, generation size, startup trials).
+Factory = Callable[[int, int, int], BaseSampler]
+
+
+def _tpe(seed: int, population: int, startup: int) -> BaseSampler:
+    return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
+
+
+def _nsga2(seed: int, population: int, startup: int) -> BaseSampler:
+    return NSGAIISampler(population_size=population, seed=seed)
+
+
+def _genetic(seed: int, population: int, startup: int) -> BaseSampler:
+    return GeneticSampler(population_size=population, seed=seed)
+
+
+def _random(seed: int, population: int, startup: int) -> BaseSampler:
+    return RandomSampler(seed=seed)
+
+
+# Proposing samplers by catalogue name; the catalogue's allocators replay
+# prepare's allocation through :class:`AllocationSampler` instead.
+REGISTRY: Mapping[str, Factory] = MappingProxyType(
+    {"tpe": _tpe, "nsga2": _nsga2, "genetic": _genetic, "random": _random, "uniform": _random}
+)
 
 
 def make_sampler(
@@ -42,58 +70,33 @@ def make_sampler(
       search must beat at equal evaluations, METHODS.md).
     * ``uniform``: one ratio shared by all groups, at random (after budget
       repair every proposal is the same network, scored once).
-    * ``tp_global`` / ``sensitivity``: replay the allocation ``prepare``
-      stored (:data:`ALLOCATION_KEY`): Torch-Pruning's global ranking, or the
-      greedy walk down the sensitivity curves. Every trial proposes it, so
-      after the first the duplicate check makes them free.
+    * allocators (``tp_global`` / ``sensitivity``): replay the allocation
+      ``prepare`` stored (:data:`ALLOCATION_KEY`): Torch-Pruning's global
+      ranking, or the greedy walk down the sensitivity curves. Every trial
+      proposes it, so after the first the duplicate check makes them free.
 
     ``population`` sets the generation size of ``nsga2`` and ``genetic``;
     by default a quarter of the trials, between 4 and 50, so that even a
     short search sees a few generations.
     """
-    pop = population or max(4, min(50, n_trials // 4))
-    factory: Callable[[int], BaseSampler]
-    if name == "tpe":
-        startup = max(3, min(10, n_trials // 4))
-
-        def factory(s: int) -> BaseSampler:
-            return TPESampler(
-                seed=s,
-                n_startup_trials=startup,
-                multivariate=True,
-                constant_liar=True,
-            )
-
-    elif name == "nsga2":
-
-        def factory(s: int) -> BaseSampler:
-            return NSGAIISampler(population_size=pop, seed=s)
-
-    elif name == "genetic":
-
-        def factory(s: int) -> BaseSampler:
-            return GeneticSampler(population_size=pop, seed=s)
-
-    elif name in ("random", "uniform"):
-
-        def factory(s: int) -> BaseSampler:
-            return RandomSampler(seed=s)
-
-    elif name in ALLOCATORS:
-        return AllocationSampler()
-    else:
+    if name not in SAMPLERS:
         raise UnknownSampler(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return PerTrialSeed(factory, seed)
+    if name in ALLOCATORS:
+        return AllocationSampler()
+    pop = population or max(4, min(50, n_trials // 4))
+    startup = max(3, min(10, n_trials // 4))
+    factory = REGISTRY[name]
+    return PerTrialSeed(lambda s: factory(s, pop, startup), seed)
 
 
 def shares_one_ratio(name: str) -> bool:
     """Whether the sampler proposes one ratio for all groups (the uniform baseline)."""
-    return name == "uniform"
+    return catalogue.sampler(name).one_ratio
 
 
 def directions(name: str) -> tuple[str, ...]:
-    """Study directions: accuracy alone, or accuracy and cost for ``nsga2``."""
-    return ("maximize", "minimize") if name == "nsga2" else ("maximize",)
+    """Study directions: accuracy alone, or accuracy and cost for a two-objective sampler."""
+    return ("maximize", "minimize") if catalogue.sampler(name).objectives == 2 else ("maximize",)
 
 
 class AllocationSampler(BaseSampler):

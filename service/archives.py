@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar, cast
 
-from service.errors import ArchiveRefused
+from core.errors import ArchiveRefused
 
 T = TypeVar("T")
 CHUNK = 1 << 20

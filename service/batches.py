@@ -16,7 +16,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.db.spec import JobSpec
+from core.spec import JobSpec
 
 MAX_JOBS = 200
 # Every trial is a queued task: one request must not flood the queue (200

@@ -14,12 +14,12 @@ from collections.abc import Iterable
 from redis import Redis
 from sqlalchemy.orm import Session
 
+from core.db import repo
+from core.db.models import Job
+from core.errors import TasksStillRunning
+from core.queue import delete_tasks, running_tasks
+from core.settings import Settings
 from search import delete_study
-from service.db import repo
-from service.db.models import Job
-from service.errors import TasksStillRunning
-from service.queue import delete_tasks, running_tasks
-from service.settings import Settings
 
 
 def ensure_stopped(redis: Redis, jobs: Iterable[Job]) -> None:

@@ -4,7 +4,7 @@ An archive (:mod:`service.archives` reads it safely) holds a class-per-folder
 tree of PNG/JPEG images, ``<class>/<image>`` or ``train/<class>/<image>``
 with ``test/`` (or ``val/``) beside it, optionally wrapped in one top folder.
 Everything is checked before anything is kept: the layout, as the workers'
-reader (:mod:`workers.imagefolder`) needs it (two classes or more, none
+reader (:mod:`workers.nets.imagefolder`) needs it (two classes or more, none
 empty, train/ with test/ or val/ and the same classes in each; a flat tree
 with a class of two images to hold one out), then each image while it is
 unpacked (magic bytes, and its dimensions from the header, which PIL reads
@@ -30,12 +30,12 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from core.db import datasets as repo
+from core.db.models import Dataset
+from core.errors import Conflict, DatasetNotFound, InvalidInput
+from core.settings import Settings
+from core.spec import JobSpec
 from service.archives import ArchiveLimits, Member, archive_kind, is_junk, open_archive, refuse
-from service.db import datasets as repo
-from service.db.models import Dataset
-from service.db.spec import JobSpec
-from service.errors import Conflict, DatasetNotFound, InvalidInput
-from service.settings import Settings
 from service.uploads import clean_filename, copy_hashed
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})

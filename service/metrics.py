@@ -21,11 +21,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from service.db.models import Candidate, CandidateStatus, Job, JobStatus, utcnow
-from service.db.session import session_factory
-from service.errors import QueueUnavailable
-from service.queue import queue_depths, redis_from_url
-from service.settings import Settings
+from core.db.models import Candidate, CandidateStatus, Job, JobStatus, utcnow
+from core.db.session import session_factory
+from core.errors import QueueUnavailable
+from core.queue import queue_depths, redis_from_url
+from core.settings import Settings
 from service.stall import stalls
 
 # Trial durations range from a tenth of a second (adaptive BN on a small net) to an hour.

@@ -1,9 +1,9 @@
 """Refuse at submission a network that cannot run on its dataset's images or be pruned.
 
 The worker checks every job's network before training it
-(:mod:`workers.structure`), but a job refused there has already been
+(:mod:`workers.compress.structure`), but a job refused there has already been
 queued and waited for a worker. The API never imports torch, so it asks
-``python -m workers.structure --many`` in a subprocess for the verdict on
+``python -m workers.compress.structure --many`` in a subprocess for the verdict on
 the spec's architecture at the dataset's shape, and answers 422 on
 ``model.arch`` with the worker's own message (the forward's shape error,
 the layer the pruner cannot follow, the torchvision build that does not
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from service.db.spec import JobSpec
-from service.errors import InvalidInput
+from core.errors import InvalidInput
+from core.spec import JobSpec
 
 CHECK_TIMEOUT_S = 120.0  # for one subprocess, whatever number of networks it checks
 CACHE_SIZE = 1024
@@ -131,11 +131,11 @@ def _verdicts_of(keys: list[ModelKey]) -> dict[ModelKey, str | None]:
 
 
 def _ask(keys: list[ModelKey]) -> dict[ModelKey, str | None]:
-    """Run ``python -m workers.structure --many`` on ``keys``; the verdicts it gave."""
+    """Run ``python -m workers.compress.structure --many`` on ``keys``; the verdicts it gave."""
     items = [key._asdict() for key in keys]
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), path) if p)}
-    cmd = [sys.executable, "-m", "workers.structure", "--many"]
+    cmd = [sys.executable, "-m", "workers.compress.structure", "--many"]
     start = time.perf_counter()
     try:
         done = subprocess.run(

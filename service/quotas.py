@@ -22,9 +22,9 @@ from redis import Redis
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.orm import Session
 
-from service.db.quotas import owner_load
-from service.errors import QueueUnavailable, QuotaExceeded
-from service.settings import Settings
+from core.db.quotas import owner_load
+from core.errors import QueueUnavailable, QuotaExceeded
+from core.settings import Settings
 
 LOCK_TIMEOUT_S = 30  # the lock frees itself if the API process dies holding it
 LOCK_WAIT_S = 10

@@ -41,11 +41,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.db import repo
+from core.db.models import Candidate, CandidateStatus, Job, JobStatus
+from core.errors import QueueUnavailable
+from core.queue import enqueue_job, missing_tasks, requeue, task_ids
 from search.study import storage, study_name
-from service.db import repo
-from service.db.models import Candidate, CandidateStatus, Job, JobStatus
-from service.errors import QueueUnavailable
-from service.queue import enqueue_job, missing_tasks, requeue, task_ids
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 30

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from service.db import repo
-from service.db.models import CandidateStatus, Job, JobStatus
-from service.settings import Settings
+from core.db import repo
+from core.db.models import CandidateStatus, Job, JobStatus
+from core.settings import Settings
 
 RECENT = 51  # finished trials the median is taken over (odd: a true middle)
 TrialTimes = tuple[CandidateStatus, datetime, datetime]  # status, started_at, finished_at

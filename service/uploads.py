@@ -5,7 +5,7 @@ well-formed safetensors file (:mod:`service.safetensors_header`), and its
 tensors must be exactly the state_dict of the named architecture at the
 given shape arguments: same names, same shapes, floating where the network
 has floats. The API process never imports torch, so that expected
-state_dict comes from ``python -m workers.signature`` in a subprocess,
+state_dict comes from ``python -m workers.nets.signature`` in a subprocess,
 cached per architecture and arguments for the life of the process.
 
 Files live under ``<artifacts>/uploads/<id>.safetensors``: written to a
@@ -36,17 +36,16 @@ from pydantic import (
 )
 from sqlalchemy.orm import Session
 
-from service.db import uploads as repo
-from service.db.models import Upload
-from service.db.spec import ARCHS, JobSpec, check_architecture
-from service.errors import InvalidInput, UploadNotFound
+from core.db import uploads as repo
+from core.db.models import Upload
+from core.errors import InvalidInput, UploadNotFound
+from core.settings import Settings
+from core.spec import ARCHS, JobSpec, check_architecture
 from service.safetensors_header import FLOATING, INTEGER, HeaderError, TensorInfo, read_header
-from service.settings import Settings
 
-UPLOADS_DIR = "uploads"
 SIGNATURE_TIMEOUT_S = 120.0
 MAX_LISTED = 5  # differences quoted in a refusal; the rest are counted
-ZOO_MIN_INPUT_SIZE = 28  # workers.zoo.MIN_INPUT_SIZE (a test keeps the two equal)
+ZOO_MIN_INPUT_SIZE = 28  # workers.nets.zoo.MIN_INPUT_SIZE (a test keeps the two equal)
 _ROOT = Path(__file__).resolve().parents[1]  # holds the service and workers packages
 
 
@@ -81,22 +80,10 @@ class UploadArgs(BaseModel):
         }
 
 
-def uploads_dir(settings: Settings) -> Path:
-    """The folder of accepted uploads (created on first use)."""
-    path = settings.artifacts / UPLOADS_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def upload_path(settings: Settings, upload_id: str) -> Path:
-    """Where an accepted upload's file is (workers read it from there)."""
-    return settings.artifacts / UPLOADS_DIR / f"{upload_id}.safetensors"
-
-
 def new_partial(settings: Settings) -> tuple[str, Path]:
     """A fresh upload id and the hidden file its bytes go to until they are checked."""
     upload_id = uuid.uuid4().hex
-    return upload_id, uploads_dir(settings) / f".{upload_id}.partial"
+    return upload_id, settings.uploads_dir() / f".{upload_id}.partial"
 
 
 def clean_filename(name: str | None, default: str = "weights.safetensors") -> str:
@@ -123,7 +110,7 @@ def copy_hashed(source: Path, partial: Path) -> str:
 def expected_tensors(
     arch: str, in_channels: int, num_classes: int, input_size: int
 ) -> Mapping[str, TensorInfo]:
-    """The state_dict of ``arch`` at these arguments, from ``python -m workers.signature``.
+    """The state_dict of ``arch`` at these arguments, from ``python -m workers.nets.signature``.
 
     Successes are cached (a failure is not, so a timeout can be retried).
 
@@ -131,7 +118,7 @@ def expected_tensors(
         InvalidInput: On ``arch`` when the subprocess does not know it, cannot
             build it at these arguments, fails or times out.
     """
-    cmd = [sys.executable, "-m", "workers.signature", arch]
+    cmd = [sys.executable, "-m", "workers.nets.signature", arch]
     cmd += ["--in-channels", str(in_channels), "--num-classes", str(num_classes)]
     cmd += ["--input-size", str(input_size)]
     path = os.environ.get("PYTHONPATH")
@@ -219,7 +206,7 @@ def save_upload(
     left: checking happens before the rename, and a failed insert removes the
     renamed file again.
     """
-    final = upload_path(settings, upload_id)
+    final = settings.weights_path(upload_id)
     try:
         size = partial.stat().st_size
         tensors = check_file(partial, args)
@@ -284,7 +271,7 @@ def add_upload(
 def delete_upload(session: Session, settings: Settings, upload: Upload) -> None:
     """Remove the row, then the file (an orphaned file is harmless; a row without one is not)."""
     repo.delete_upload(session, upload.id)
-    upload_path(settings, upload.id).unlink(missing_ok=True)
+    settings.weights_path(upload.id).unlink(missing_ok=True)
 
 
 def check_job_weights(session: Session, owner: str, spec: JobSpec) -> None:

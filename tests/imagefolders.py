@@ -2,7 +2,7 @@
 
 Small and fast on purpose (a few hundred images per call by default), so
 integration tests can build one per test under ``tmp_path``. Labels follow
-the sorted folder names, as ``workers.imagefolder`` reads them: folders are
+the sorted folder names, as ``workers.nets.imagefolder`` reads them: folders are
 named so that sorting keeps the original label order.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workers import data
+from workers.nets import data
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (

@@ -5,7 +5,7 @@ constructor's integers, the kept original channel indices per group, the
 rank and slices of every decomposed layer, the input shape) and
 ``model.safetensors`` (the weights). Loading rebuilds the architecture from
 the zoo, cuts it with the recipe, splits the decomposed layers into their
-two factors (:func:`workers.lowrank.restructure`) and loads the weights
+two factors (:func:`workers.compress.lowrank.restructure`) and loads the weights
 strictly, so a file from an untrusted party can at worst fail to load; it
 can never execute code, which ``torch.load`` of a pickled module could.
 """
@@ -26,9 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from workers import lowrank, zoo
+from workers.compress import lowrank
+from workers.compress.prune import apply_kept
 from workers.errors import ExportError, PruneError, UnknownArchitecture
-from workers.prune import apply_kept
+from workers.nets import zoo
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Recipe:
         kept: Kept original channel indices (sorted) per group name.
         input_shape: ``(C, H, W)`` of one input image.
         lowrank: ``{"rank": r, "slices": k}`` per decomposed layer (decomposed
-            layers only, as :func:`workers.lowrank.decompose` returns them);
+            layers only, as :func:`workers.compress.lowrank.decompose` returns them);
             applied after the channel cut. Empty for a pruned-only network.
     """
 
@@ -81,11 +82,11 @@ class Recipe:
     ) -> Recipe:
         """Recipe of a zoo network pruned with ``kept`` (as returned by ``prune``)
         and decomposed with ``lowrank`` (``{layer: (rank, slices)}``, as returned
-        by :func:`workers.lowrank.decompose`)."""
+        by :func:`workers.compress.lowrank.decompose`)."""
         arch = getattr(model, "arch", None)
         kwargs = getattr(model, "arch_kwargs", None)
         if not isinstance(arch, str) or not isinstance(kwargs, dict):
-            raise ExportError("only networks built by workers.zoo can be exported as a recipe")
+            raise ExportError("only networks built by workers.nets.zoo can be exported as a recipe")
         return cls(
             arch=arch,
             arch_kwargs=dict(kwargs),

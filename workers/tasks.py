@@ -10,7 +10,7 @@ A failure inside a task is recorded (job ``failed`` with the reason, or a
 ``failed`` candidate told to the study as failed) and not re-raised, so the
 queue drains instead of leaving dependent tasks waiting forever. A task of
 a job that is cancelled or deleted while it runs stops and ends quietly
-(:func:`workers.lifecycle.stoppable`): nothing to record, nothing to retry.
+(:func:`workers.steps.lifecycle.stoppable`): nothing to record, nothing to retry.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from typing import Any
 
 import torch
 
+from core.db import repo
+from core.db.models import Candidate, CandidateStatus, JobStatus
+from core.db.session import session_factory, session_scope
+from core.errors import InvalidTransition, JobNotFound
+from core.settings import Settings
+from core.spec import JobSpec
 from search import (
     InfeasibleBudget,
     Repaired,
@@ -41,19 +47,15 @@ from search import (
 )
 from search import ask as ask_study
 from search import tell as tell_study
-from service.db import repo
-from service.db.models import Candidate, CandidateStatus, JobStatus
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.errors import InvalidTransition, JobNotFound
-from service.settings import Settings
-from workers import allocation, baselines, candidate, export, ladder, measure, train, triage_report
-from workers.context import JobContext, forget, job_context, worker_name
+from workers import export
+from workers.compress.structure import check as check_structure
 from workers.errors import StructureError
-from workers.latency import latency_ms
-from workers.lifecycle import stoppable
-from workers.structure import check as check_structure
-from workers.timeouts import TimeLimit, time_limit
+from workers.nets import measure, train
+from workers.steps import allocation, baselines, candidate, ladder, triage_report
+from workers.steps.context import JobContext, forget, job_context, worker_name
+from workers.steps.latency import latency_ms
+from workers.steps.lifecycle import stoppable
+from workers.steps.timeouts import TimeLimit, time_limit
 
 log = logging.getLogger(__name__)
 

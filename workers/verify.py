@@ -12,10 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.db.spec import JobSpec
-from service.settings import Settings
-from workers import export, measure, train
-from workers.context import load_splits
+from core.settings import Settings
+from core.spec import JobSpec
+from workers import export
+from workers.nets import measure, train
+from workers.steps.context import load_splits
 
 ACCURACY_TOLERANCE = 0.001  # 0.1 point
 BUDGET_SLACK = 1.01

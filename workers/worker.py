@@ -22,7 +22,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.settings import Settings
+from core.settings import Settings
 
 DEFAULT_QUEUES = ("interactive", "overnight")
 # How often a worker looks for tasks abandoned by a dead worker (RQ's default
@@ -69,12 +69,12 @@ class PrefetchingWorker(Worker):
 
 
 def _prefetch(job_id: str) -> None:
+    from core.db import repo
+    from core.db.session import session_factory, session_scope
+    from core.spec import JobSpec
     from search.study import storage as study_storage
-    from service.db import repo
-    from service.db.session import session_factory, session_scope
-    from service.db.spec import JobSpec
-    from workers import data
-    from workers.context import load_splits
+    from workers.nets import data
+    from workers.steps.context import load_splits
 
     settings = Settings()
     with session_scope(session_factory(settings.database_url)) as s:

@@ -20,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.db.session import migrate, session_factory
+from core.errors import InvalidInput, ServiceError
+from core.queue import redis_from_url
+from core.settings import Settings
 from service.api.responses import declare_errors, status_code_for
 from service.api.routes import batches, dashboard, datasets, health, jobs, weights
-from service.db.session import migrate, session_factory
-from service.errors import InvalidInput, ServiceError
-from service.queue import redis_from_url
 from service.reconcile import Reconciler
-from service.settings import Settings
 
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:

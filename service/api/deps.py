@@ -16,13 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from service.auth import digest
-from service.db import keys
-from service.db.models import LOCAL_OWNER
-from service.db.session import session_factory
-from service.queue import redis_from_url
+from core.auth import digest
+from core.db import keys
+from core.db.models import LOCAL_OWNER
+from core.db.session import session_factory
+from core.queue import redis_from_url
+from core.settings import Settings
 from service.ratelimit import retry_after
-from service.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -28,7 +28,7 @@ from fastapi.openapi.utils import (
 )
 from pydantic import BaseModel
 
-from service.errors import (
+from core.errors import (
     Conflict,
     DuplicateCandidate,
     InvalidTransition,

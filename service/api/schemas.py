@@ -2,7 +2,7 @@
 
 Rows are converted here (not in the routes) so that every endpoint that
 shows a job or a candidate shows it the same way. The request model is the
-JobSpec itself (``service.db.spec``).
+JobSpec itself (``core.spec``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from service.db.models import Candidate, CandidateStatus, Job, JobStatus
+from core.db.models import Candidate, CandidateStatus, Job, JobStatus
 from service.stall import Stall
 
 T = TypeVar("T")

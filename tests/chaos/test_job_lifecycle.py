@@ -22,10 +22,10 @@ import optuna
 import pytest
 import redis
 
+from core.db import repo
+from core.db.session import session_factory, session_scope
+from core.settings import Settings
 from search.study import storage, study_name
-from service.db import repo
-from service.db.session import session_factory, session_scope
-from service.settings import Settings
 from tests.chaos.test_redis_restart import RedisProcess, own_redis
 from tests.chaos.test_worker_death import Stack
 from tests.integration.conftest import tiny_spec

@@ -33,7 +33,7 @@ from search.study import storage, study_name
 from tests.integration.conftest import tiny_spec
 from tests.support import free_port, wait_for_api
 
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 REDIS_DB = 7
 # The workers' --maintenance-interval: 5 s keeps the suite short; 30 (the default of
 # `prunesearch worker`) measures the recovery a deployment gets (docs/reliability.md).

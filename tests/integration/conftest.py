@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.db.spec import JobSpec
+from core.spec import JobSpec
 from tests.support import redis_server
 
 

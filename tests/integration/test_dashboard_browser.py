@@ -31,7 +31,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests.integration.conftest import tiny_spec
 from tests.support import free_port, stop_processes, wait_for_api
 
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 REDIS_DB = 11  # 12: chaos tests, 13: service e2e, 15: service tests
 CHROMIUM = os.environ.get("PRUNESEARCH_CHROMIUM", "/usr/bin/chromium")
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

@@ -13,7 +13,7 @@ PNG class folders, then:
 Through the service: ``prunesearch serve`` and two ``prunesearch worker``
 processes on a real Redis, the data uploaded as a zip through
 ``POST /v1/datasets``, all five jobs submitted at once. Locally:
-:func:`service.local.run_local` on the same folder given by path. The jobs
+:func:`cli.local.run_local` on the same folder given by path. The jobs
 are as small as still means something (two trials, one pretraining epoch,
 no ladder) so that the suite stays inside the CI budget.
 """
@@ -34,15 +34,15 @@ import httpx
 import pytest
 import redis
 
-from service.db import repo
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
 from tests.imagefolders import write_fashion_mnist
 from tests.integration.test_service_e2e import create_key
 from tests.support import free_port, install_plugin, stop_processes, wait_for_api
 
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_DB = 10  # 11: dashboard, 12: schemathesis, 13: service e2e
 FAMILIES = ("mobilenetv2", "resnext", "densenet", "regnet")

@@ -17,12 +17,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import CandidateStatus
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
 from search.study import study_name
-from service.db import repo
-from service.db.models import CandidateStatus
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
 from tests.integration.conftest import tiny_spec
 from workers import tasks
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.db import repo
-from service.db.models import CandidateStatus
-from service.db.session import session_factory, session_scope
-from service.local import local_settings, run_local
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import CandidateStatus
+from core.db.session import session_factory, session_scope
 from tests.integration.conftest import tiny_spec
 from workers import export
 from workers.verify import verify

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.db.session import migrate, session_factory
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
+from cli.local import local_settings, run_local
+from core.db.session import migrate, session_factory
+from core.spec import JobSpec
 from service.uploads import add_upload
 from tests.integration.conftest import tiny_spec
-from workers import train, zoo
-from workers.context import load_splits
+from workers.nets import train, zoo
+from workers.steps.context import load_splits
 
 
 def _with_weights(spec: JobSpec, upload_id: str) -> JobSpec:

@@ -25,16 +25,17 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import Candidate, CandidateStatus, Job, Latency
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
 from search import ModelProfile, SearchSpace, global_ranking, greedy_sensitivity, repair, unrepaired
 from search.study import study_name
-from service.db import repo
-from service.db.models import Candidate, CandidateStatus, Job, Latency
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
 from tests.integration.conftest import tiny_spec
-from workers import allocation, latency, measure
-from workers.context import JobContext, job_context
+from workers.nets import measure
+from workers.steps import allocation, latency
+from workers.steps.context import JobContext, job_context
 from workers.verify import verify
 
 SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")

@@ -21,13 +21,13 @@ import pytest
 import redis
 import yaml
 
-from service.db import repo
-from service.db.session import session_factory, session_scope
+from core.db import repo
+from core.db.session import session_factory, session_scope
 from tests.integration.conftest import tiny_spec
 from tests.support import free_port, stop_processes, wait_for_api
 from workers import export
 
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 Stack = tuple[str, dict[str, str], list[str], list[subprocess.Popen[bytes]], Path]
 REDIS_DB = 13
 # Every request of these tests carries the API key the stack fixture creates.

@@ -23,7 +23,7 @@ from redis import Redis
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session
 
-from service.db.session import dispose_all, migrate, session_factory
+from core.db.session import dispose_all, migrate, session_factory
 from tests.support import redis_server, start_postgres_cluster
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -144,7 +144,7 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 def add_key(database_url: str, owner: str) -> dict[str, str]:
     """Authorization headers of a new API key for ``owner`` (the schema must be migrated)."""
-    from service.db import keys
+    from core.db import keys
 
     with session_factory(database_url)() as s:
         _, new = keys.create_key(s, owner)

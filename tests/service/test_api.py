@@ -15,12 +15,12 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.queue import get_queue, task_ids
-from service.settings import Settings
+from core.db import repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import session_factory
+from core.queue import get_queue, task_ids
+from core.settings import Settings
+from core.spec import JobSpec
 from tests.service.conftest import keyed_client
 from tests.support import free_port
 
@@ -80,7 +80,7 @@ def _rq_keys(redis: Redis) -> list[bytes]:
 
 def _make_job(settings: Settings, n_trials: int = 3) -> str:
     """A job stored directly (no queue), for the read endpoints."""
-    from service.db.spec import JobSpec
+    from core.spec import JobSpec
 
     spec = JobSpec.model_validate(_with("search.n_trials", n_trials))
     with session_factory(settings.database_url)() as s:
@@ -209,8 +209,8 @@ def test_failed_enqueue_deletes_the_row(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis answers the ping but dies before the tasks are queued: no row may remain."""
+    from core.errors import QueueUnavailable
     from service.api.routes import jobs as jobs_routes
-    from service.errors import QueueUnavailable
 
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise QueueUnavailable("connection lost")

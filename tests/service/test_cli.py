@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import load_spec, main
+from cli.main import load_spec, main
 
 
 def test_bad_spec_names_the_field(tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
+from core.db import repo
+from core.db.session import session_factory, session_scope
+from core.settings import Settings
 from service.api.app import create_app
-from service.db import repo
-from service.db.session import session_factory, session_scope
-from service.settings import Settings
 from tests.integration.test_dashboard_browser import chromium
 from tests.service.conftest import add_key
 from tests.service.test_stall import SPEC, _searching

@@ -23,13 +23,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sqlalchemy.orm import Session
 
+from core.db import datasets as repo
+from core.db import repo as jobs_repo
+from core.db.session import session_factory
+from core.errors import Conflict, DatasetNotFound, InvalidInput
+from core.settings import Settings
+from core.spec import JobSpec
 from service import datasets
-from service.db import datasets as repo
-from service.db import repo as jobs_repo
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.errors import Conflict, DatasetNotFound, InvalidInput
-from service.settings import Settings
 from tests.service.conftest import keyed_client
 
 SPEC: dict[str, Any] = {
@@ -277,7 +277,7 @@ def test_a_job_may_name_a_folder_of_the_data_directory(
 def test_dataset_classes_counts_the_classes_of_every_kind_of_dataset(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from service.db.session import migrate
+    from core.db.session import migrate
 
     migrate(settings.database_url)
     archive = tmp_path / "digits.zip"
@@ -335,8 +335,8 @@ def test_the_repository_scopes_datasets_to_their_owner(session: Session) -> None
 
 
 def test_delete_dataset_refuses_while_a_job_reads_it(settings: Settings, tmp_path: Path) -> None:
-    from service.db.models import JobStatus
-    from service.db.session import migrate
+    from core.db.models import JobStatus
+    from core.db.session import migrate
 
     migrate(settings.database_url)
     archive = tmp_path / "d.tar"
@@ -354,8 +354,8 @@ def test_delete_dataset_refuses_while_a_job_reads_it(settings: Settings, tmp_pat
 
 
 def test_what_is_unpacked_is_what_the_workers_read(settings: Settings, tmp_path: Path) -> None:
-    from service.db.session import migrate
-    from workers.imagefolder import scan
+    from core.db.session import migrate
+    from workers.nets.imagefolder import scan
 
     migrate(settings.database_url)
     flat = {f"top/{c}/{k}.png": image(k) for c in ("b", "a") for k in range(5)}

@@ -24,10 +24,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from core.db.models import Batch, Job
+from core.db.session import session_factory
+from core.settings import Settings
 from service.api.app import create_app
-from service.db.models import Batch, Job
-from service.db.session import session_factory
-from service.settings import Settings
 from tests.service.conftest import SPEC as TINY
 from tests.service.conftest import add_key
 from tests.support import free_port

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from core.errors import ArchiveRefused
+from core.settings import Settings
 from service.archives import ArchiveLimits, open_archive
-from service.errors import ArchiveRefused
-from service.settings import Settings
 from tests.service.conftest import keyed_client
 from tests.service.test_datasets import image, stored, tar_of, zip_of
 

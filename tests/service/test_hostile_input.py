@@ -31,17 +31,17 @@ from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.db import keys, repo
+from core.db import uploads as uploads_repo
+from core.db.models import Batch, Job, JobStatus, Upload
+from core.db.session import session_factory
+from core.settings import Settings
+from core.spec import JobSpec
 from service.api.app import create_app
 from service.api.deps import get_owner
 from service.batches import BatchCreate
 from service.datasets import add_dataset
-from service.db import keys, repo
-from service.db import uploads as uploads_repo
-from service.db.models import Batch, Job, JobStatus, Upload
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.settings import Settings
-from service.uploads import UploadArgs, upload_path
+from service.uploads import UploadArgs
 from tests.imagefolders import write_digits
 from tests.service.conftest import add_key
 from tests.service.test_uploads import ARGS, _Evil, _raw, _state, _stored, _text
@@ -527,8 +527,8 @@ def _dataset_row(session: Session, settings: Settings, owner: str) -> str:
 
 def _upload_row(session: Session, settings: Settings, owner: str) -> str:
     upload_id = "ab" * 16
-    upload_path(settings, upload_id).parent.mkdir(parents=True, exist_ok=True)
-    upload_path(settings, upload_id).write_bytes(b"weights")
+    settings.weights_path(upload_id).parent.mkdir(parents=True, exist_ok=True)
+    settings.weights_path(upload_id).write_bytes(b"weights")
     kwargs = {"in_channels": 1, "num_classes": 10, "input_size": 28}
     uploads_repo.create_upload(
         session, upload_id=upload_id, owner=owner, arch="lenet5", arch_kwargs=kwargs,

@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from service.db.models import Base
-from service.db.session import alembic_config, make_engine, migrate
+from core.db.models import Base
+from core.db.session import alembic_config, make_engine, migrate
 
 
 def _diff(url: str) -> list[object]:

@@ -1,7 +1,7 @@
 """Submissions whose network does not fit the dataset are 422 at ``model.arch``, and create nothing.
 
 Through the real API (both database backends, a real Redis), which asks
-``python -m workers.structure`` in a real subprocess. The mismatching
+``python -m workers.compress.structure`` in a real subprocess. The mismatching
 network is a real installed plugin (``cifarlenet``: a classic LeNet whose
 classifier needs 32x32 inputs), on ``sys.path`` for this process's spec
 validation and on ``PYTHONPATH`` for the subprocess.
@@ -22,10 +22,10 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from service.db.spec import JobSpec
-from service.errors import InvalidInput
+from core.errors import InvalidInput
+from core.settings import Settings
+from core.spec import JobSpec
 from service.modelcheck import check_job_model, model_refusals, spec_classes
-from service.settings import Settings
 from tests.service.conftest import keyed_client
 from tests.workers.test_structure import PLUGIN, install_cifar_plugin
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
 from service.api.app import create_app
-from service.settings import Settings
 
 DOCUMENT = create_app(Settings(home=Path("unused"))).openapi()
 OPERATIONS = [

@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from service.db import repo
-from service.db.models import CandidateStatus
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.settings import Settings
+from core.db import repo
+from core.db.models import CandidateStatus
+from core.db.session import session_factory
+from core.settings import Settings
+from core.spec import JobSpec
 from tests.service.conftest import keyed_client
 
 SPEC: dict[str, Any] = {

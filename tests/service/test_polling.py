@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.settings import Settings
+from core.db import repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import session_factory
+from core.settings import Settings
+from core.spec import JobSpec
 from tests.service.conftest import add_key, keyed_client
 
 SPEC: dict[str, Any] = {

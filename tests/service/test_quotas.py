@@ -16,14 +16,14 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
-from service.db import repo
-from service.db.models import Batch, CandidateStatus, Job
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.errors import QuotaExceeded
-from service.queue import INTERACTIVE
+from core.db import repo
+from core.db.models import Batch, CandidateStatus, Job
+from core.db.session import session_factory
+from core.errors import QuotaExceeded
+from core.queue import INTERACTIVE
+from core.settings import Settings
+from core.spec import JobSpec
 from service.quotas import admission
-from service.settings import Settings
 from tests.service.conftest import SPEC, keyed_client
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from redis import Redis
 
-from service.queue import redis_from_url
+from core.queue import redis_from_url
+from core.settings import Settings
 from service.ratelimit import WINDOW_S, retry_after
-from service.settings import Settings
 from tests.service.conftest import keyed_client
 from tests.support import free_port
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
+from core.db import repo
+from core.db.models import JobStatus, utcnow
+from core.db.session import session_factory
+from core.queue import enqueue_job, missing_tasks, redis_from_url, task_ids
+from core.spec import JobSpec
 from service import reconcile as reconcile_module
-from service.db import repo
-from service.db.models import JobStatus, utcnow
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.queue import enqueue_job, missing_tasks, redis_from_url, task_ids
 from service.reconcile import FRESH_S, Reconciler, last_pass, reconcile
 
 SPEC = JobSpec.model_validate(

@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from service.db import repo
-from service.db.models import CandidateStatus, Job, JobStatus
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.errors import (
+from core.db import repo
+from core.db.models import CandidateStatus, Job, JobStatus
+from core.db.session import session_factory
+from core.errors import (
     CandidateNotFound,
     DuplicateCandidate,
     InvalidTransition,
     JobNotFound,
 )
+from core.spec import JobSpec
 
 
 def _spec(name: str = "tiny", n_trials: int = 4) -> JobSpec:
@@ -294,7 +294,7 @@ def test_find_running_by_key_skips_twins_known_dead(session: Session) -> None:
 
 def test_concurrent_sessions_only_one_transition_wins(db_url: str) -> None:
     """Two workers finishing the search at once: exactly one moves the job on."""
-    from service.db.session import migrate
+    from core.db.session import migrate
 
     migrate(db_url)
     factory = session_factory(db_url)
@@ -335,7 +335,7 @@ def test_parallel_worker_processes_write_safely(db_url: str) -> None:
     """Several processes writing one database (SQLite file included) lose nothing."""
     import multiprocessing
 
-    from service.db.session import migrate
+    from core.db.session import migrate
 
     migrate(db_url)
     with session_factory(db_url)() as s:

@@ -33,14 +33,13 @@ from schemathesis.checks import (
 )
 from schemathesis.python import asgi
 
+from core.db import uploads as uploads_repo
+from core.db.session import session_factory
+from core.settings import Settings
+from core.spec import SearchSpec
 from service.api.app import create_app
 from service.batches import BatchCreate
 from service.datasets import add_dataset
-from service.db import uploads as uploads_repo
-from service.db.session import session_factory
-from service.db.spec import SearchSpec
-from service.settings import Settings
-from service.uploads import upload_path
 from tests.imagefolders import write_digits
 from tests.service.conftest import add_key
 
@@ -114,8 +113,8 @@ def _objects(client: TestClient, headers: dict[str, str], settings: Settings) ->
     batch = client.post("/v1/batches", json={"name": "b", "jobs": [SPEC]}, headers=headers)
     assert job.status_code == batch.status_code == 201, (job.text, batch.text)
     upload_id = "cd" * 16
-    upload_path(settings, upload_id).parent.mkdir(parents=True, exist_ok=True)
-    upload_path(settings, upload_id).write_bytes(b"weights")
+    settings.weights_path(upload_id).parent.mkdir(parents=True, exist_ok=True)
+    settings.weights_path(upload_id).write_bytes(b"weights")
     with session_factory(settings.database_url)() as s:
         uploads_repo.create_upload(
             s, upload_id=upload_id, owner="alice", arch="lenet5",

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
-from service.db.session import session_factory, session_scope
-from service.settings import Settings
+from core.db import repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import session_factory, session_scope
+from core.settings import Settings
 from service.stall import assess
 from tests.service.conftest import keyed_client
 

@@ -16,13 +16,13 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
+from cli.main import main as cli
+from core.db import keys, repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import session_factory
+from core.queue import get_queue, task_ids
+from core.settings import Settings
 from service.api.app import create_app
-from service.cli import main as cli
-from service.db import keys, repo
-from service.db.models import CandidateStatus, JobStatus
-from service.db.session import session_factory
-from service.queue import get_queue, task_ids
-from service.settings import Settings
 from tests.service.conftest import add_key, keyed_client
 
 SPEC: dict[str, Any] = {

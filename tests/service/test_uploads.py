@@ -1,7 +1,7 @@
 """``/v1/weights``: uploads are checked completely, owner-scoped, and a refusal leaves nothing.
 
 Real Redis and both database backends, through the real app; the expected
-state_dict comes from the real ``python -m workers.signature`` subprocess.
+state_dict comes from the real ``python -m workers.nets.signature`` subprocess.
 """
 
 from __future__ import annotations
@@ -21,23 +21,22 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as st_save
 
+from core.db import repo
+from core.db import uploads as uploads_repo
+from core.db.session import session_factory
+from core.errors import InvalidInput
+from core.settings import Settings
+from core.spec import JobSpec
 from service.api.app import create_app
-from service.db import repo
-from service.db import uploads as uploads_repo
-from service.db.session import session_factory
-from service.db.spec import JobSpec
-from service.errors import InvalidInput
 from service.safetensors_header import HeaderError, TensorInfo, read_header
-from service.settings import Settings
 from service.uploads import (
     ZOO_MIN_INPUT_SIZE,
     add_upload,
     check_job_weights,
     expected_tensors,
-    upload_path,
 )
 from tests.service.conftest import keyed_client
-from workers import zoo
+from workers.nets import zoo
 
 LIMIT_MB = 1
 ARGS = {"arch": "lenet5", "in_channels": "1", "num_classes": "10", "input_size": "28"}
@@ -139,7 +138,7 @@ def test_a_real_state_dict_is_stored_listed_and_deleted(
     assert body["size"] == len(content)
     assert body["tensors"] == len(_state())
     assert body["sha256"] == hashlib.sha256(content).hexdigest()
-    path = upload_path(settings, body["id"])
+    path = settings.weights_path(body["id"])
     assert path.read_bytes() == content
     assert _stored(settings) == (1, [path.name])
 
@@ -343,7 +342,7 @@ def test_uploads_are_the_owners_and_need_a_key(alice: TestClient, settings: Sett
 def test_an_upload_used_by_an_unfinished_job_cannot_be_deleted(
     alice: TestClient, settings: Settings
 ) -> None:
-    from service.db.models import JobStatus
+    from core.db.models import JobStatus
 
     upload_id = _post(alice, st_save(_state())).json()["id"]
     spec = JobSpec.model_validate(
@@ -367,7 +366,7 @@ def test_an_upload_used_by_an_unfinished_job_cannot_be_deleted(
 def test_check_job_weights_wants_the_owners_upload_of_the_same_arch(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from service.db.session import migrate
+    from core.db.session import migrate
 
     migrate(settings.database_url)
     source = tmp_path / "lenet.safetensors"

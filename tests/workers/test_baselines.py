@@ -16,14 +16,14 @@ from typing import Any, cast
 import pytest
 import torch
 
-from service.db import repo
-from service.db.models import Candidate
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import Candidate
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
 from tests.integration.conftest import tiny_spec
-from workers import baselines
-from workers.context import BASELINE_FILE, JobContext
+from workers.steps import baselines
+from workers.steps.context import BASELINE_FILE, JobContext
 
 
 def _spec(name: str, **changes: Any) -> JobSpec:
@@ -75,7 +75,7 @@ def test_second_job_loads_the_cached_baseline(
         raise AssertionError("the baseline was trained again instead of loaded from the cache")
 
     # Only the baseline's training is made impossible: the ladder and the final
-    # fine-tune of the second job still train (they use workers.candidate.fit).
+    # fine-tune of the second job still train (they use workers.steps.candidate.fit).
     monkeypatch.setattr(baselines, "candidate", SimpleNamespace(fit=no_training))
     second_spec = _spec("cache-b")
     assert _key(second_spec) == key  # the name is not part of the key

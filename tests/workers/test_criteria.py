@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from workers import data, train, zoo
-from workers.criteria import (
+from workers.compress.criteria import (
     CRITERIA,
     DATA_CRITERIA,
     Batches,
@@ -19,9 +18,10 @@ from workers.criteria import (
     importance,
     select,
 )
+from workers.compress.profiling import channel_groups
+from workers.compress.prune import prune
 from workers.errors import PruneError
-from workers.profiling import channel_groups
-from workers.prune import prune
+from workers.nets import data, train, zoo
 
 SHAPE = (1, 28, 28)
 M = TypeVar("M", bound=nn.Module)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers import data
 from workers.errors import DatasetNotFound
+from workers.nets import data
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -178,7 +178,7 @@ def test_builtin_augmentation_kinds_and_given_stats() -> None:
 
 
 def test_a_three_channel_network_runs_on_fashion_mnist() -> None:
-    from workers import zoo
+    from workers.nets import zoo
 
     ds = data.load(
         "fashion-mnist", dirs=[FASHION_DIR], seed=0, val_fraction=0.1, input_size=32, channels=3

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from workers import data, train, zoo
-from workers.distill import distill_loss, soft_kl
+from workers.compress.distill import distill_loss, soft_kl
+from workers.nets import data, train, zoo
 
 
 def _lenet(seed: int) -> nn.Module:

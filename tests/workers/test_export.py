@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers import export, lowrank, zoo
+from workers import export
+from workers.compress import lowrank
+from workers.compress.profiling import channel_groups
+from workers.compress.prune import prune
 from workers.errors import ExportError
 from workers.export import Recipe
-from workers.profiling import channel_groups
-from workers.prune import prune
+from workers.nets import zoo
 
 SHAPE = (1, 28, 28)
 

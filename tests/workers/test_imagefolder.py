@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from service.db.spec import DatasetSpec, JobSpec
-from service.settings import Settings
+from core.settings import Settings
+from core.spec import DatasetSpec, JobSpec
 from tests.imagefolders import write_digits, write_fashion_mnist, write_odd_images
-from workers import data, imagefolder, train, zoo
-from workers.context import load_splits
 from workers.errors import DatasetInvalid, DatasetNotFound, ImageUnreadable
+from workers.nets import data, imagefolder, train, zoo
+from workers.steps.context import load_splits
 
 
 @pytest.fixture(scope="module")

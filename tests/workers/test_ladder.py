@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from service.db import repo
-from service.db.models import Candidate, CandidateStatus, Job
-from service.db.session import session_factory, session_scope
-from service.db.spec import JobSpec
-from service.local import local_settings, run_local
+from cli.local import local_settings, run_local
+from core.db import repo
+from core.db.models import Candidate, CandidateStatus, Job
+from core.db.session import session_factory, session_scope
+from core.spec import JobSpec
 from tests.integration.conftest import tiny_spec
-from workers import candidate, ladder, train
-from workers.context import JobContext, job_context
+from workers.nets import train
+from workers.steps import candidate, ladder
+from workers.steps.context import JobContext, job_context
 
 
 @dataclasses.dataclass(frozen=True)

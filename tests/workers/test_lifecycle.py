@@ -1,4 +1,4 @@
-"""A task under ``workers.lifecycle.stoppable`` stops when its job is cancelled or deleted.
+"""A task under ``workers.steps.lifecycle.stoppable`` stops when its job is cancelled or deleted.
 
 In-process, on a SQLite file: the task is a stand-in that sleeps where a
 real one trains, so the test shows the stop itself (the chaos tests show it
@@ -15,15 +15,15 @@ from pathlib import Path
 import optuna
 import pytest
 
+from core.db import repo
+from core.db.models import CandidateStatus, JobStatus
+from core.db.session import migrate, session_factory, session_scope
+from core.errors import JobNotFound
+from core.settings import Settings
+from core.spec import JobSpec
 from search import create_study
 from search.study import storage, study_name
-from service.db import repo
-from service.db.models import CandidateStatus, JobStatus
-from service.db.session import migrate, session_factory, session_scope
-from service.db.spec import JobSpec
-from service.errors import JobNotFound
-from service.settings import Settings
-from workers.lifecycle import stoppable, why_stop
+from workers.steps.lifecycle import stoppable, why_stop
 
 SPEC = JobSpec.model_validate(
     {"name": "w", "dataset": {"name": "synthetic"}, "target": {"flops_ratio": 0.5}}

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from workers import lowrank, zoo
+from workers.compress import lowrank
 from workers.errors import PruneError
+from workers.nets import zoo
 
 
 def _low_rank_conv(rank: int, slices: int) -> nn.Conv2d:

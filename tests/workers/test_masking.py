@@ -12,11 +12,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from workers import data, train, zoo
+from workers.compress.masking import DynamicMasks, Select
+from workers.compress.profiling import ChannelGroup, channel_groups
+from workers.compress.prune import apply_kept, group_importance, top_channels
 from workers.errors import PruneError
-from workers.masking import DynamicMasks, Select
-from workers.profiling import ChannelGroup, channel_groups
-from workers.prune import apply_kept, group_importance, top_channels
+from workers.nets import data, train, zoo
 
 SHAPE = (1, 28, 28)
 EXAMPLE = torch.zeros(1, *SHAPE)

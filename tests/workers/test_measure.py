@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from workers import measure
+from workers.nets import measure
 
 
 class Counted(nn.Module):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from service.db import repo
-from service.db.session import migrate, session_factory, session_scope
-from service.db.spec import JobSpec
+from core.db import repo
+from core.db.session import migrate, session_factory, session_scope
+from core.spec import JobSpec
 from tests.imagefolders import write_digits
-from workers import imagefolder
+from workers.nets import imagefolder
 from workers.worker import _prefetch
 
 

@@ -16,9 +16,10 @@ import torch_pruning as tp
 
 from search.profile import ModelProfile, kept_channels
 from search.space import SearchSpace
-from workers import lowrank, zoo
-from workers.profiling import ChannelGroup, build_profile, channel_groups
-from workers.prune import prune
+from workers.compress import lowrank
+from workers.compress.profiling import ChannelGroup, build_profile, channel_groups
+from workers.compress.prune import prune
+from workers.nets import zoo
 
 SHAPE = (1, 28, 28)
 TRIALS = 20

@@ -7,11 +7,11 @@ from typing import TypeVar
 import pytest
 import torch
 
-from workers import data, train, zoo
-from workers.criteria import DATA_CRITERIA, select
+from workers.compress.criteria import DATA_CRITERIA, select
+from workers.compress.profiling import channel_groups
+from workers.compress.prune import apply_kept, kept_counts, prune
 from workers.errors import PruneError
-from workers.profiling import channel_groups
-from workers.prune import apply_kept, kept_counts, prune
+from workers.nets import data, train, zoo
 
 SHAPE = (1, 28, 28)
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from workers import data, train, zoo
+from workers.compress.profiling import channel_groups
+from workers.compress.prune import apply_kept, prune
+from workers.compress.reconstruct import reconstruct
 from workers.errors import PruneError
-from workers.profiling import channel_groups
-from workers.prune import apply_kept, prune
-from workers.reconstruct import reconstruct
+from workers.nets import data, train, zoo
 
 EXAMPLE = torch.zeros(1, 1, 28, 28)
 

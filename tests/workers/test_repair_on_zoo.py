@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from search import Budget, SearchSpace, repair
-from workers import zoo
-from workers.profiling import build_profile
+from workers.compress.profiling import build_profile
+from workers.nets import zoo
 
 
 @pytest.mark.parametrize("arch", zoo.ARCHS)

@@ -19,13 +19,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.db.spec import JobSpec
-from service.local import run_local
+from cli.local import run_local
+from core.spec import JobSpec
 from tests.support import install_plugin
-from workers import zoo
+from workers.compress.structure import check
 from workers.errors import StructureError, UnknownArchitecture
-from workers.hub_import import import_failure, import_hub
-from workers.structure import check
+from workers.nets import zoo
+from workers.nets.hub_import import import_failure, import_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "structure_test_nets"
@@ -124,7 +124,7 @@ def test_zoo_networks_pass_and_report_timings(arch: str) -> None:
 def test_the_subprocess_answers_in_json() -> None:
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "workers.structure", *args],
+            [sys.executable, "-m", "workers.compress.structure", *args],
             cwd=ROOT,
             input=stdin,
             capture_output=True,

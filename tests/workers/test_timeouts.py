@@ -9,7 +9,7 @@ from types import FrameType
 
 import pytest
 
-from workers.timeouts import TimeLimit, time_limit
+from workers.steps.timeouts import TimeLimit, time_limit
 
 
 def _spin(seconds: float) -> None:

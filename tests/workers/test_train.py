@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers import data, train, zoo
+from workers.nets import data, train, zoo
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search.profile import kept_channels
-from workers import data, train, zoo
-from workers.profiling import build_profile, channel_groups
-from workers.triage import (
+from workers.compress.profiling import build_profile, channel_groups
+from workers.compress.triage import (
     BlockReport,
     CollapsedBlock,
     Finetune,
@@ -25,6 +24,7 @@ from workers.triage import (
     sensitivity_curves,
     triage_findings,
 )
+from workers.nets import data, train, zoo
 
 SHAPE = (1, 28, 28)
 RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

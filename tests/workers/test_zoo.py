@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers import zoo
 from workers.errors import UnknownArchitecture
+from workers.nets import zoo
 
 
 @pytest.mark.parametrize("arch", zoo.ARCHS)

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from service.db.spec import JobSpec
+from core.spec import JobSpec
 from tests.support import install_plugin
-from workers import zoo
 from workers.errors import UnknownArchitecture
+from workers.nets import zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +82,13 @@ ENTRY_POINTS = {
 PROBE = """
 import json, subprocess, sys
 import torch
-from service.db.spec import JobSpec
-from workers import export, zoo
+from core.spec import JobSpec
+from workers import export
+from workers.nets import zoo
 from tests.support import install_plugin
 from workers.errors import UnknownArchitecture
-from workers.profiling import channel_groups
-from workers.prune import prune
+from workers.compress.profiling import channel_groups
+from workers.compress.prune import prune
 
 out = {"known": zoo.known()}
 model = zoo.build("tinynet", in_channels=1, num_classes=7, input_size=28).eval()
@@ -126,7 +127,7 @@ except ValueError as exc:
     out["spec_unknown"] = str(exc)
 
 sig = subprocess.run(
-    [sys.executable, "-m", "workers.signature", "tinynet", "--in-channels", "3",
+    [sys.executable, "-m", "workers.nets.signature", "tinynet", "--in-channels", "3",
      "--num-classes", "5", "--input-size", "32"], capture_output=True, text=True, check=True)
 out["signature"] = json.loads(sig.stdout)["tensors"]["fc.weight"]
 print(json.dumps(out))

@@ -14,17 +14,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.exceptions import RequestValidationError
 
+from core.db import batches, repo
+from core.db.models import TERMINAL, Batch, JobStatus
+from core.errors import Conflict, InvalidInput, InvalidTransition, QueueUnavailable
+from core.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import raises
 from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
 from service.cleanup import ensure_stopped, purge_job
 from service.datasets import dataset_classes
-from service.db import batches, repo
-from service.db.models import TERMINAL, Batch, JobStatus
-from service.errors import Conflict, InvalidInput, InvalidTransition, QueueUnavailable
 from service.modelcheck import model_refusals, spec_classes
-from service.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
 from service.quotas import admission
 from service.uploads import check_job_weights
 

@@ -21,14 +21,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
+from core.db import datasets as repo
+from core.db.models import Dataset
+from core.errors import Conflict, DatasetTooLarge
 from service import datasets
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.multipart import FILE, StreamedForm, field_error, receive
 from service.api.responses import raises
 from service.api.schemas import Page, as_utc
-from service.db import datasets as repo
-from service.db.models import Dataset
-from service.errors import Conflict, DatasetTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

@@ -9,11 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.errors import QueueUnavailable
+from core.queue import ensure_available
 from service.api.deps import RedisDep, SessionDep, SettingsDep
 from service.api.schemas import Health
-from service.errors import QueueUnavailable
 from service.metrics import registry
-from service.queue import ensure_available
 
 router = APIRouter(tags=["operations"])
 

@@ -16,6 +16,20 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 
+from core.db import repo
+from core.db.models import TERMINAL, CandidateStatus, Job, JobStatus
+from core.errors import (
+    ArtifactNotFound,
+    Conflict,
+    IdempotencyConflict,
+    InvalidTransition,
+    QueueUnavailable,
+    ResultNotReady,
+    TriageNotReady,
+)
+from core.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
+from core.settings import Settings
+from core.spec import JobSpec
 from search import Point, pareto_front
 from service.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional
 from service.api.cursor import PATTERN, Cursor
@@ -33,22 +47,8 @@ from service.api.schemas import (
 )
 from service.cleanup import purge_job
 from service.datasets import dataset_classes
-from service.db import repo
-from service.db.models import TERMINAL, CandidateStatus, Job, JobStatus
-from service.db.spec import JobSpec
-from service.errors import (
-    ArtifactNotFound,
-    Conflict,
-    IdempotencyConflict,
-    InvalidTransition,
-    QueueUnavailable,
-    ResultNotReady,
-    TriageNotReady,
-)
 from service.modelcheck import check_job_model, spec_classes
-from service.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 from service.quotas import admission
-from service.settings import Settings
 from service.stall import job_stall, stalls
 from service.uploads import check_job_weights
 
@@ -207,7 +207,7 @@ def cancel_job(job_id: str, session: SessionDep, redis: RedisDep, owner: OwnerDe
     """Stop a job: its queued tasks are dropped and it ends ``cancelled``.
 
     Candidates scored so far stay readable. A task already running stops
-    within seconds (``workers.lifecycle``); its trial is recorded failed.
+    within seconds (``workers.steps.lifecycle``); its trial is recorded failed.
     Cancelling a cancelled job is a no-op; a job that is done or failed
     cannot be cancelled (409).
     """

@@ -20,14 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from core.db import uploads as repo
+from core.db.models import Upload
+from core.errors import Conflict, UploadTooLarge
 from service import uploads
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.multipart import FILE, StreamedForm, invalid, receive
 from service.api.responses import raises
 from service.api.schemas import Page, as_utc
-from service.db import uploads as repo
-from service.db.models import Upload
-from service.errors import Conflict, UploadTooLarge
 
 router = APIRouter(prefix="/v1/weights", tags=["weights"])
 
