@@ -16,16 +16,35 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search import catalogue
+
+# The method choices are the catalogue's names: the spec, the OpenAPI enums and
+# the dashboard's selects follow it. mypy cannot read a Literal built at run
+# time, so it sees plain strings.
+if TYPE_CHECKING:
+    SamplerName: TypeAlias = str
+    CriterionName: TypeAlias = str
+    OperatorName: TypeAlias = str
+else:
+    SamplerName = Literal[tuple(catalogue.SAMPLERS)]
+    CriterionName = Literal[tuple(catalogue.CRITERIA)]
+    OperatorName = Literal[tuple(catalogue.OPERATORS)]
+
 ARCHS = ("lenet5", "vgg11s", "resnet20", "resnet56", "mobilenetv2", "resnext", "densenet", "regnet")
 DATASETS = ("fashion-mnist", "digits", "synthetic", "imagefolder")
-SAMPLERS = ("tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity")
 
 Ratio = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+def _having(entries: Mapping[str, Any], capability: str) -> str:
+    """The names of the catalogue entries with ``capability``, for an error message."""
+    return " or ".join(name for name, info in entries.items() if getattr(info, capability))
 
 
 class _Strict(BaseModel):
@@ -210,14 +229,8 @@ class TargetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "nsga2", "genetic", "random", "uniform", "tp_global", "sensitivity"] = (
-        Field(
-            default="tpe",
-            description="tpe: Bayesian; nsga2: accuracy and `objective` together (Pareto front); "
-            "genetic: Hu et al. GA seeded by sensitivity; random; uniform: one ratio for all; "
-            "tp_global: Torch-Pruning's global ranking; sensitivity: greedy walk down the "
-            "sensitivity curves.",
-        )
+    sampler: SamplerName = Field(
+        default="tpe", description=catalogue.described(catalogue.SAMPLERS) + "."
     )
     n_trials: int = Field(default=40, ge=1, le=10_000)
     granularity: Literal["group", "stage"] = Field(
@@ -240,15 +253,15 @@ class SearchSpec(_Strict):
     )
     min_ratio: float = Field(default=0.1, ge=0.01, le=1.0)
     round_to: int = Field(default=1, ge=1, le=64)
-    operator: Literal["prune", "lowrank", "mixed"] = Field(
-        default="prune",
-        description="prune: channels only; lowrank: SVD ranks only (ALDS); mixed: each layer "
-        "may be pruned, decomposed, or both.",
+    operator: OperatorName = Field(
+        default="prune", description=catalogue.described(catalogue.OPERATORS) + "."
     )
     lowrank_slices: int = Field(
         default=1, ge=1, le=8, description="ALDS k: input-channel slices per decomposed conv."
     )
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "similarity", "discriminant"] = "l1"
+    criterion: CriterionName = Field(
+        default="l1", description=catalogue.described(catalogue.CRITERIA) + "."
+    )
     criterion_batches: int = Field(
         default=4, ge=1, le=100, description="Calibration batches of the data criteria."
     )
@@ -277,14 +290,18 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _compatible(self) -> Self:
-        if self.fold and self.criterion != "similarity":
-            raise ValueError("fold needs criterion similarity")
-        if self.push_steps and self.criterion != "discriminant":
-            raise ValueError("push_steps needs criterion discriminant")
-        if self.sampler in ("tp_global", "sensitivity") and self.operator != "prune":
-            raise ValueError(f"sampler {self.sampler} allocates channels: it needs operator prune")
-        if self.masking == "dynamic" and self.operator != "prune":
-            raise ValueError("masking dynamic works with operator prune only")
+        criterion, operator = catalogue.criterion(self.criterion), catalogue.operator(self.operator)
+        if self.fold and not criterion.folds:
+            raise ValueError(f"fold needs criterion {_having(catalogue.CRITERIA, 'folds')}")
+        if self.push_steps and not criterion.pushes:
+            raise ValueError(f"push_steps needs criterion {_having(catalogue.CRITERIA, 'pushes')}")
+        channels_only = " or ".join(n for n, o in catalogue.OPERATORS.items() if not o.decomposes)
+        if catalogue.sampler(self.sampler).needs_channels and operator.decomposes:
+            raise ValueError(
+                f"sampler {self.sampler} allocates channels: it needs operator {channels_only}"
+            )
+        if self.masking == "dynamic" and operator.decomposes:
+            raise ValueError(f"masking dynamic works with operator {channels_only} only")
         if self.masking == "dynamic" and self.reconstruct:
             raise ValueError(
                 "reconstruct works with masking static only (dynamic masks prune "

@@ -127,7 +127,7 @@ def max_error(
 
 
 def _check_space(space: SearchSpace) -> None:
-    if space.operator == "prune" or space.size == space.rank_offset:
+    if space.size == space.rank_offset:  # nothing to decompose
         raise SearchError("rank allocation needs a 'lowrank' or 'mixed' space")
 
 

@@ -20,10 +20,11 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from search import catalogue
 from search.errors import SearchError
 from search.profile import ModelProfile, kept_channels
 
-OPERATORS = ("prune", "lowrank", "mixed")
+OPERATORS = tuple(catalogue.OPERATORS)
 GRANULARITIES = ("group", "stage", "network")
 
 
@@ -83,7 +84,7 @@ class SearchSpace:
             raise SearchError(
                 f"unknown operator {self.operator!r}; expected one of {', '.join(OPERATORS)}"
             )
-        if self.operator != "prune" and not self.profile.ranks:
+        if catalogue.operator(self.operator).decomposes and not self.profile.ranks:
             raise SearchError(f"operator {self.operator!r} needs a profile with rank slots")
         if self.group_bounds is not None:
             bounds = tuple((float(lo), float(hi)) for lo, hi in self.group_bounds)
@@ -97,20 +98,20 @@ class SearchSpace:
 
     @property
     def size(self) -> int:
-        """Number of variables: groups, plus rank slots unless the operator is ``prune``."""
+        """Number of variables: groups, plus rank slots when the operator decomposes."""
         return len(self.sizes)
 
     @property
     def sizes(self) -> tuple[int, ...]:
         """Unpruned value (channels or full rank) of every variable."""
-        if self.operator == "prune":
-            return self.profile.channels
-        return self.profile.sizes
+        if catalogue.operator(self.operator).decomposes:
+            return self.profile.sizes
+        return self.profile.channels
 
     @property
     def bounds(self) -> tuple[tuple[float, float], ...]:
         """``(lo, hi)`` ratio bounds of every variable; ``lo == hi`` means fixed."""
-        if self.operator == "lowrank":
+        if not catalogue.operator(self.operator).prunes:
             groups = [(1.0, 1.0)] * len(self.profile.groups)
         elif self.group_bounds is not None:
             groups = list(self.group_bounds)

@@ -21,31 +21,97 @@ pooling and residual adds, and what disappears when it is cut.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from search import catalogue
 from workers.compress.profiling import ChannelGroup
 from workers.compress.push import DiscriminantPush
-from workers.compress.similarity import _clusterings
-from workers.compress.taps import _EPS, Batches, _class_scatter, _observe, _Slice, _slices, _taps
+from workers.compress.similarity import clusterings
+from workers.compress.taps import (
+    EPS,
+    Batches,
+    Slice,
+    class_scatter,
+    group_slices,
+    group_taps,
+    observe,
+)
 from workers.errors import PruneError
 
 __all__ = [
     "CRITERIA",
     "DATA_CRITERIA",
+    "FOLDERS",
+    "PUSHERS",
+    "REGISTRY",
     "Batches",
     "DiscriminantPush",
+    "Importance",
     "importance",
     "select",
     "top_channels",
 ]
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "similarity", "discriminant")
-DATA_CRITERIA = frozenset({"taylor", "similarity", "discriminant"})
+CRITERIA = tuple(catalogue.CRITERIA)
+DATA_CRITERIA = frozenset(name for name, info in catalogue.CRITERIA.items() if info.needs_data)
+
+
+class Importance(Protocol):
+    """A criterion, like Torch-Pruning's ``Importance``: per group, one score per channel.
+
+    ``batches`` is None for the criteria that read the weights alone.
+    """
+
+    def __call__(
+        self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None
+    ) -> list[Tensor]: ...
+
+
+class Folder(Protocol):
+    """Scores like an :class:`Importance`, after folding what ``counts`` removes into what stays."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        batches: Batches,
+        counts: Sequence[int],
+    ) -> list[Tensor]: ...
+
+
+def _l1(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None) -> list[Tensor]:
+    return _magnitude(groups, 1)
+
+
+def _l2(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None) -> list[Tensor]:
+    return _magnitude(groups, 2)
+
+
+def _bn(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None) -> list[Tensor]:
+    return [_bn_scale(g) for g in groups]
+
+
+def _similar(
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None
+) -> list[Tensor]:
+    assert batches is not None
+    return [c.scores for c in clusterings(model, groups, batches)]
+
+
+def _fold_similar(
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches, counts: Sequence[int]
+) -> list[Tensor]:
+    found = clusterings(model, groups, batches)
+    for c, n in zip(found, counts, strict=True):
+        c.fold(int(n))
+    return [c.scores for c in found]
 
 
 def importance(
@@ -66,16 +132,7 @@ def importance(
         PruneError: Unknown criterion, or a data criterion without batches.
     """
     _check(criterion, batches)
-    if criterion in ("l1", "l2"):
-        return _magnitude(groups, 1 if criterion == "l1" else 2)
-    if criterion == "bn_scale":
-        return [_bn_scale(g) for g in groups]
-    assert batches is not None
-    if criterion == "taylor":
-        return _taylor(model, groups, batches)
-    if criterion == "similarity":
-        return [c.scores for c in _clusterings(model, groups, batches)]
-    return _discriminant(model, groups, batches)
+    return REGISTRY[criterion](model, groups, batches)
 
 
 def select(
@@ -124,17 +181,15 @@ def select(
     for g, n in zip(groups, counts, strict=True):
         if not 1 <= int(n) <= g.units:
             raise PruneError(f"group {g.name}: cannot keep {n} of {g.units} channels")
-    if fold and criterion != "similarity":
-        raise PruneError(f"fold needs criterion 'similarity', not {criterion!r}")
+    if fold and criterion not in FOLDERS:
+        raise PruneError(
+            f"fold needs a criterion that folds ({', '.join(FOLDERS)}), not {criterion!r}"
+        )
     if fold and any(g.slices > 1 for g in groups):
         raise PruneError("fold does not support groups cut in parts by grouped convolutions")
-    if criterion == "similarity":
+    if fold:
         assert batches is not None
-        clusterings = _clusterings(model, groups, batches)
-        if fold:
-            for c, n in zip(clusterings, counts, strict=True):
-                c.fold(int(n))
-        scores = [c.scores for c in clusterings]
+        scores = FOLDERS[criterion](model, groups, batches, counts)
     else:
         scores = importance(model, groups, criterion, batches)
     return {
@@ -169,7 +224,7 @@ def _magnitude(groups: Sequence[ChannelGroup], p: int) -> list[Tensor]:
 def _bn_scale(group: ChannelGroup) -> Tensor:
     scores = torch.zeros(group.channels, dtype=torch.float64)
     found = False
-    for s in _slices(group):
+    for s in group_slices(group):
         gamma = getattr(s.module, "weight", None)
         if isinstance(s.module, nn.modules.batchnorm._BatchNorm) and gamma is not None:
             values = gamma.detach().abs().double().cpu()[s.idxs]
@@ -178,7 +233,9 @@ def _bn_scale(group: ChannelGroup) -> Tensor:
     return scores.float() if found else _magnitude([group], 1)[0]
 
 
-def _taylor(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches) -> list[Tensor]:
+def _taylor(
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None
+) -> list[Tensor]:
     """``|sum of weight * grad|`` over each channel's slices, cross-entropy gradients.
 
     This is the first-order change of the calibration loss when every
@@ -186,7 +243,8 @@ def _taylor(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches) 
     keeps) its running statistics; gradients come from ``autograd.grad`` and
     never touch ``.grad``.
     """
-    slices = [_slices(g) for g in groups]
+    assert batches is not None
+    slices = [group_slices(g) for g in groups]
     params: dict[int, Tensor] = {}
     for s in (s for group in slices for s in group):
         for p in _owned(s):
@@ -212,9 +270,9 @@ def _taylor(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches) 
         model.train(was_training)
     index = {id(p): i for i, p in enumerate(plist)}
     result = []
-    for g, group_slices in zip(groups, slices, strict=True):
+    for g, owned_slices in zip(groups, slices, strict=True):
         total = torch.zeros(g.channels, dtype=torch.float64)
-        for s in group_slices:
+        for s in owned_slices:
             for p in _owned(s):
                 prod = (p.detach() * grads[index[id(p)]]).movedim(s.dim, 0)
                 prod = prod.reshape(prod.shape[0], -1).sum(1)
@@ -223,28 +281,45 @@ def _taylor(model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches) 
     return result
 
 
-def _owned(s: _Slice) -> list[Tensor]:
+def _owned(s: Slice) -> list[Tensor]:
     """Parameters of a slice: the weight, plus the bias on the output side."""
     names = ("weight", "bias") if s.dim == 0 else ("weight",)
     return [p for p in (getattr(s.module, n, None) for n in names) if isinstance(p, Tensor)]
 
 
 def _discriminant(
-    model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches | None
 ) -> list[Tensor]:
     """Fisher ratio of each channel's per-image mean response, summed over consumers."""
-    taps = [_taps(g) for g in groups]
+    assert batches is not None
+    taps = [group_taps(g) for g in groups]
     flat = [t for ts in taps for t in ts]
     pooled: list[list[Tensor]] = [[] for _ in flat]
-    _observe(model, flat, batches, lambda i, r: pooled[i].append(r.mean(2).T.double().cpu()))
+    observe(model, flat, batches, lambda i, r: pooled[i].append(r.mean(2).T.double().cpu()))
     labels = torch.cat([y.cpu() for _, y in batches])
     result, start = [], 0
     for g, ts in zip(groups, taps, strict=True):
         total = torch.zeros(g.channels, dtype=torch.float64)
         for i in range(start, start + len(ts)):
-            between, within, _ = _class_scatter(torch.cat(pooled[i]), labels)
-            informative = between > _EPS * (between + within).max().clamp_min(_EPS)
-            total += torch.where(informative, between / within.clamp_min(_EPS), 0.0)
+            between, within, _ = class_scatter(torch.cat(pooled[i]), labels)
+            informative = between > EPS * (between + within).max().clamp_min(EPS)
+            total += torch.where(informative, between / within.clamp_min(EPS), 0.0)
         start += len(ts)
         result.append(total.float())
     return result
+
+
+# Implementations by catalogue name (tests/test_catalogue.py keeps them equal).
+REGISTRY: Mapping[str, Importance] = MappingProxyType(
+    {
+        "l1": _l1,
+        "l2": _l2,
+        "bn_scale": _bn,
+        "taylor": _taylor,
+        "similarity": _similar,
+        "discriminant": _discriminant,
+    }
+)
+# The criteria that can fold (catalogue ``folds``) and their pre-training (``pushes``).
+FOLDERS: Mapping[str, Folder] = MappingProxyType({"similarity": _fold_similar})
+PUSHERS: Mapping[str, type[DiscriminantPush]] = MappingProxyType({"discriminant": DiscriminantPush})

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from workers.compress.profiling import ChannelGroup
-from workers.compress.taps import _class_scatter, _Tap, _taps
+from workers.compress.taps import Tap, class_scatter, group_taps
 
 
 class DiscriminantPush:
@@ -55,7 +55,7 @@ class DiscriminantPush:
         self.model = model
         self.weight = weight
         self.terms = (decorrelation, concentration)
-        self._taps = [t for g in groups for t in _taps(g)]
+        self._taps = [t for g in groups for t in group_taps(g)]
         self._pooled: dict[int, Tensor] = {}
         self._handles: list[RemovableHandle] = []
 
@@ -74,7 +74,7 @@ class DiscriminantPush:
         self._handles = []
         self._pooled.clear()
 
-    def _capture(self, i: int, tap: _Tap) -> Callable[[Tensor], None]:
+    def _capture(self, i: int, tap: Tap) -> Callable[[Tensor], None]:
         def see(x: Tensor) -> None:
             self._pooled[i] = tap.responses(x).mean(2).T
 
@@ -93,7 +93,7 @@ class DiscriminantPush:
 
 
 def _push_penalty(z: Tensor, labels: Tensor, decorrelation: float, concentration: float) -> Tensor:
-    between, within, residual = _class_scatter(z, labels)
+    between, within, residual = class_scatter(z, labels)
     eta = between / (between + within + 1e-8)
     cov = residual.T @ residual / z.shape[0]
     std = cov.diagonal().clamp_min(1e-8).sqrt()

@@ -2,7 +2,7 @@
 
 Split from :mod:`workers.compress.criteria` because the tree over the channels'
 correlations, the replay of its merges and the folding of removed channels
-into their kept twins form one piece of state (:class:`_Clustering`) that
+into their kept twins form one piece of state (:class:`Clustering`) that
 :func:`workers.compress.criteria.select` builds, cuts and folds; the other criteria
 only score.
 """
@@ -19,14 +19,14 @@ from scipy.spatial.distance import squareform
 from torch import Tensor, nn
 
 from workers.compress.profiling import ChannelGroup
-from workers.compress.taps import _EPS, Batches, _observe, _Tap, _taps
+from workers.compress.taps import EPS, Batches, Tap, group_taps, observe
 
 
 @dataclass(frozen=True, eq=False)
-class _Clustering:
+class Clustering:
     """The similarity tree of one group and what fold needs: per-consumer second moments."""
 
-    taps: list[_Tap]
+    taps: list[Tap]
     grams: list[Tensor]  # per tap, E[x_i x_j] over positions, [C, C] float64 on CPU
     members: np.ndarray  # channels in the tree (the non-constant ones)
     links: np.ndarray  # scipy linkage over ``members``
@@ -54,10 +54,10 @@ class _Clustering:
                     weight[:, cols[k]] += scale * weight[:, cols[j]]
 
 
-def _clusterings(
+def clusterings(
     model: nn.Module, groups: Sequence[ChannelGroup], batches: Batches
-) -> list[_Clustering]:
-    taps = [_taps(g) for g in groups]
+) -> list[Clustering]:
+    taps = [group_taps(g) for g in groups]
     flat = [t for ts in taps for t in ts]
     sums = [torch.zeros(t.channels, dtype=torch.float64) for t in flat]
     grams = [torch.zeros(t.channels, t.channels, dtype=torch.float64) for t in flat]
@@ -69,7 +69,7 @@ def _clusterings(
         grams[i] += (x @ x.T).double().cpu()
         counts[i] += x.shape[1]
 
-    _observe(model, flat, batches, see)
+    observe(model, flat, batches, see)
     result, start = [], 0
     for g, ts in zip(groups, taps, strict=True):
         part = range(start, start + len(ts))
@@ -86,7 +86,7 @@ def _clusterings(
                 norm = ts[i - part.start].in_weight().double().cpu().pow(2).sum((0, 2)).sqrt()
                 tap_std = tap_std * norm
             strength += tap_std
-        live = std > 1e-6 * std.max().clamp_min(_EPS)
+        live = std > 1e-6 * std.max().clamp_min(EPS)
         members = torch.nonzero(live).flatten().numpy()
         corr = cov[live][:, live] / torch.outer(std[live], std[live])
         dist = (1.0 - corr.abs()).clamp(0.0, 1.0).numpy()
@@ -106,7 +106,7 @@ def _clusterings(
         scores[torch.from_numpy(members)] = torch.from_numpy(dropped).double()
         grams_g = [grams[i] / counts[i] for i in part]
         result.append(
-            _Clustering(list(ts), grams_g, members, links, member_strength, scores.float())
+            Clustering(list(ts), grams_g, members, links, member_strength, scores.float())
         )
     return result
 

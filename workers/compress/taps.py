@@ -25,11 +25,11 @@ from workers.errors import PruneError
 # (inputs, labels) on the model's device.
 Batches = Sequence[tuple[Tensor, Tensor]]
 
-_EPS = 1e-12
+EPS = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
-class _Slice:
+class Slice:
     """The part of one layer's parameters that belongs to a group.
 
     ``dim`` 0 is the output side (filters, biases, BN affine), 1 the input
@@ -44,7 +44,7 @@ class _Slice:
 
 
 @dataclass(frozen=True, eq=False)
-class _Tap:
+class Tap:
     """Where a group's channels are observed: a consumer's input (or a producer's output).
 
     ``order`` lists the tapped tensor's channel indices root-major, ``per``
@@ -81,10 +81,10 @@ class _Tap:
         return self.module.register_forward_hook(lambda _m, _args, out: see(out))
 
 
-def _slices(group: ChannelGroup) -> list[_Slice]:
+def group_slices(group: ChannelGroup) -> list[Slice]:
     """The conv/linear/BN parameter slices of a group, one per (layer, side)."""
     dg = group.group._DG
-    found: dict[tuple[int, int], _Slice] = {}
+    found: dict[tuple[int, int], Slice] = {}
     for item in group.group:
         module, handler = item.dep.target.module, item.dep.handler
         roots = item.root_idxs
@@ -104,14 +104,14 @@ def _slices(group: ChannelGroup) -> list[_Slice]:
         else:
             continue
         found.setdefault(
-            (id(module), dim), _Slice(module, dim, torch.tensor(item.idxs), torch.tensor(roots))
+            (id(module), dim), Slice(module, dim, torch.tensor(item.idxs), torch.tensor(roots))
         )
     return list(found.values())
 
 
-def _taps(group: ChannelGroup) -> list[_Tap]:
+def group_taps(group: ChannelGroup) -> list[Tap]:
     """The group's consumers, or its producers' outputs if nothing reads it."""
-    slices = _slices(group)
+    slices = group_slices(group)
     chosen = [s for s in slices if s.dim == 1] or [
         s for s in slices if s.dim == 0 and isinstance(s.module, (nn.Conv2d, nn.Linear))
     ]
@@ -121,14 +121,14 @@ def _taps(group: ChannelGroup) -> list[_Tap]:
         per = len(order) // group.channels
         expected = torch.arange(group.channels).repeat_interleave(per)
         if per and torch.equal(s.roots[order], expected):
-            taps.append(_Tap(s.module, s.dim == 1, s.idxs[order], group.channels))
+            taps.append(Tap(s.module, s.dim == 1, s.idxs[order], group.channels))
     if not taps:
         raise PruneError(f"group {group.name}: no layer where its channels can be observed")
     return taps
 
 
-def _observe(
-    model: nn.Module, taps: Sequence[_Tap], batches: Batches, see: Callable[[int, Tensor], None]
+def observe(
+    model: nn.Module, taps: Sequence[Tap], batches: Batches, see: Callable[[int, Tensor], None]
 ) -> None:
     """One eval-mode pass over the batches, calling ``see(tap, responses [C, N, L])``."""
     handles = [t.hook(_bind(see, i, t)) for i, t in enumerate(taps)]
@@ -144,11 +144,11 @@ def _observe(
             h.remove()
 
 
-def _bind(see: Callable[[int, Tensor], None], i: int, tap: _Tap) -> Callable[[Tensor], None]:
+def _bind(see: Callable[[int, Tensor], None], i: int, tap: Tap) -> Callable[[Tensor], None]:
     return lambda x: see(i, tap.responses(x))
 
 
-def _class_scatter(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def class_scatter(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Between- and within-class variance per column of ``z [N, C]``, and the residuals."""
     classes, index = torch.unique(labels, return_inverse=True)
     onehot = F.one_hot(index, len(classes)).to(z.dtype)

@@ -1,21 +1,26 @@
 """What ``prepare`` hands the sampler before the first trial.
 
 Each sampler starts from something different, and all of it is computed
-here, once, from the trained baseline:
+here, once, from the trained baseline, by the sampler's catalogue
+capabilities (:mod:`search.catalogue`):
 
-* ``tp_global``: Torch-Pruning's own group importance (``GroupMagnitudeImportance``
-  with its default mean normaliser) of every channel, ranked globally by
-  :func:`search.global_ranking`; stored as the study's allocation.
-* ``sensitivity``: the greedy walk down the sensitivity curves
-  (:func:`search.greedy_sensitivity`); stored as the allocation.
-* ``genetic``: the same greedy allocation plus the triage's equal-drop
-  allocations seed its first generation, and are its first trials.
-* every other sampler: the ALDS allocation (low-rank operators) and the
-  triage allocations (``triage: true``) are its first trials.
+* an *allocator* replays one allocation, computed by its entry in
+  :data:`ALLOCATORS` and stored on the study: ``tp_global`` is Torch-Pruning's
+  own group importance (``GroupMagnitudeImportance`` with its default mean
+  normaliser) of every channel, ranked globally by :func:`search.global_ranking`;
+  ``sensitivity`` is the greedy walk down the sensitivity curves
+  (:func:`search.greedy_sensitivity`).
+* a *seeded* sampler (``genetic``): the same greedy allocation plus the
+  triage's equal-drop allocations seed its first generation, and are its
+  first trials.
+* every other sampler: the ALDS allocation (operators that decompose) and
+  the triage allocations (``triage: true``) are its first trials.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -24,18 +29,21 @@ from torch import nn
 
 from search import (
     alds_allocate,
+    catalogue,
     enqueue_trials,
     global_ranking,
     greedy_sensitivity,
     set_allocation,
     set_seeds,
-    shares_one_ratio,
 )
 from workers.compress import lowrank
 from workers.compress.profiling import channel_groups
 from workers.steps.context import JobContext
 
-NEEDS_CURVES = frozenset({"genetic", "sensitivity"})
+NEEDS_CURVES = frozenset(name for name, info in catalogue.SAMPLERS.items() if info.needs_curves)
+Ratios = tuple[float, ...]
+# An allocator's rule: (job, trained baseline, greedy walk or None) -> ratio vector.
+Allocator = Callable[[JobContext, nn.Module, Ratios | None], Ratios]
 
 
 def tp_importance(model: nn.Module, example: torch.Tensor) -> list[list[float]]:
@@ -57,29 +65,23 @@ def plan(ctx: JobContext, model: nn.Module, report: dict[str, Any] | None) -> di
         and/or ``{"seeds": [[...], ...]}`` (full ratio vectors).
     """
     spec, url = ctx.spec, ctx.settings.optuna_url
-    sampler, how = spec.search.sampler, spec.search.granularity
+    sampler, how = catalogue.sampler(spec.search.sampler), spec.search.granularity
     space, budget = ctx.space(), ctx.budget()
     planned: dict[str, Any] = {}
     greedy = None
-    if report is not None and sampler in NEEDS_CURVES:
+    if report is not None and sampler.needs_curves:
         curves = [report["curves"].get(g.name, []) for g in space.profile.groups]
         greedy = greedy_sensitivity(space, budget, curves, report["reference"])
-    if sampler == "tp_global":
-        model.eval()
-        scores = tp_importance(model, ctx.example_inputs())
-        planned["allocation"] = list(global_ranking(space, budget, scores))
-    elif sampler == "sensitivity":
-        assert greedy is not None, "prepare computes the curves for this sampler"
-        planned["allocation"] = list(greedy)
-    if "allocation" in planned:
+    if sampler.allocator:
+        planned["allocation"] = list(ALLOCATORS[spec.search.sampler](ctx, model, greedy))
         set_allocation(ctx.job_id, url, space, planned["allocation"], how)
         return planned
     seeds = _seeds(ctx, model, report)
     if greedy is not None:
         seeds.insert(0, greedy)
-    if sampler == "genetic" and seeds:
+    if sampler.seeded and seeds:
         set_seeds(ctx.job_id, url, space, seeds, how)
-    if seeds and not shares_one_ratio(sampler):
+    if seeds and not sampler.one_ratio:
         enqueue_trials(ctx.job_id, url, space, seeds, how)
         planned["seeds"] = [list(v) for v in seeds]
     return planned
@@ -95,10 +97,28 @@ def _seeds(
     """
     space, seeds = ctx.space(), []
     ranks = (1.0,) * (space.size - len(space.profile.groups))
-    if ctx.spec.search.operator != "prune":
+    operator = catalogue.operator(ctx.spec.search.operator)
+    if operator.decomposes:
         errors = lowrank.error_table(model.cpu(), space.profile)
         seeds.append(alds_allocate(space, errors, ctx.budget()))
         model.to(ctx.device)
-    if report is not None and ctx.spec.search.operator != "lowrank":
+    if report is not None and operator.prunes:
         seeds += [tuple(v) + ranks for v in report["seeds"]]
     return seeds
+
+
+def _global(ctx: JobContext, model: nn.Module, greedy: Ratios | None) -> Ratios:
+    model.eval()
+    scores = tp_importance(model, ctx.example_inputs())
+    return global_ranking(ctx.space(), ctx.budget(), scores)
+
+
+def _greedy(ctx: JobContext, model: nn.Module, greedy: Ratios | None) -> Ratios:
+    assert greedy is not None, "prepare computes the curves for this sampler"
+    return greedy
+
+
+# The catalogue's allocators by name (tests/test_catalogue.py keeps them equal).
+ALLOCATORS: Mapping[str, Allocator] = MappingProxyType(
+    {"tp_global": _global, "sensitivity": _greedy}
+)

@@ -94,7 +94,7 @@ def build(
     )
     if s.push_steps:
         _, groups = channel_groups(model, example)
-        with criteria.DiscriminantPush(model, groups, weight=s.push_weight) as push:
+        with criteria.PUSHERS[s.criterion](model, groups, weight=s.push_weight) as push:
             fit(ctx, model, steps=s.push_steps, loss_fn=push.loss_fn)
         timings["push_s"] = time.perf_counter() - tick
         tick = time.perf_counter()

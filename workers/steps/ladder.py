@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.db.models import Candidate, CandidateStatus
-from search import Point, pareto_front
+from search import Point, catalogue, pareto_front
 from workers.nets import train
 from workers.steps import candidate
 from workers.steps.context import JobContext
@@ -37,7 +37,7 @@ def pool(ctx: JobContext, scored: Sequence[Candidate]) -> tuple[list[Candidate],
     """Candidates that may win, best search score first, and why these.
 
     Only complete candidates within the budget qualify (``repair: false``
-    lets over-budget ones into the search). For ``nsga2`` only the Pareto
+    lets over-budget ones into the search). For a two-objective sampler (``nsga2``) only the Pareto
     front of accuracy against the job's objective qualifies: a dominated
     candidate is never the best trade-off.
     """
@@ -50,7 +50,7 @@ def pool(ctx: JobContext, scored: Sequence[Candidate]) -> tuple[list[Candidate],
         and budget.fill(profile, c.counts) <= 1.0
     ]
     why = "complete candidates within the budget"
-    if ctx.spec.search.sampler == "nsga2":
+    if catalogue.sampler(ctx.spec.search.sampler).objectives == 2:
         front = {p.id for p in pareto_front(points(fits, ctx.spec.search.objective))}
         fits = [c for c in fits if c.id in front]
         why = f"the Pareto front (accuracy vs {ctx.spec.search.objective}) within the budget"

@@ -18,7 +18,7 @@ from torch import nn
 
 from core.db import repo
 from core.db.session import session_factory, session_scope
-from search import candidate_key
+from search import candidate_key, catalogue
 from workers.nets import measure
 from workers.steps.context import JobContext
 
@@ -46,7 +46,8 @@ def latency_ms(ctx: JobContext, model: nn.Module, values: Sequence[int]) -> floa
     device = device_name(ctx.device)
     shape = "x".join(map(str, ctx.input_shape))
     # Ranks build different layers for different slice counts (k * rank channels).
-    slices = ctx.spec.search.lowrank_slices if ctx.spec.search.operator != "prune" else 1
+    decomposes = catalogue.operator(ctx.spec.search.operator).decomposes
+    slices = ctx.spec.search.lowrank_slices if decomposes else 1
     arch = f"{ctx.spec.model.arch}:{shape}:k{slices}:{candidate_key(values)}"
     factory = session_factory(ctx.settings.database_url)
     with session_scope(factory) as s:
