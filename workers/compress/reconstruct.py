@@ -14,6 +14,10 @@ already been reconstructed. Its target is the output of the same layer in the
 unpruned network. A fit therefore compensates not only for its own missing
 input channels but for whatever error the layers before it still leave, so
 errors do not accumulate down the network.
+
+This module fits each layer; which layers, and the calibration rows they
+are fitted on, come from :mod:`workers.compress.calibration`, the ridge
+solve from :mod:`workers.compress.ridge`.
 """
 
 from __future__ import annotations
@@ -24,14 +28,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.compress.profiling import channel_groups
-from workers.errors import PruneError
+from workers.compress.calibration import (
+    HOLD_OUT,
+    LAYERS,
+    Layer,
+    Rows,
+    collect_targets,
+    device_of,
+    forward_order,
+    output_rows,
+    patches,
+    pruned_consumers,
+    quotas,
+)
+from workers.compress.ridge import normal_equations, predict, relative_error, ridge_solve
 
-_Layer = nn.Conv2d | nn.Linear
-_LAYERS = (nn.Conv2d, nn.Linear)
+__all__ = ["HOLD_OUT", "RIDGE_STEPS", "LayerFit", "reconstruct"]
 
 
 @dataclass(frozen=True)
@@ -59,19 +73,6 @@ class LayerFit:
     note: str = ""
 
 
-@dataclass
-class _Rows:
-    """Calibration rows of one layer: where they are, the target, and the fit's input."""
-
-    positions: list[Tensor]
-    held: list[Tensor]
-    target: list[Tensor]
-    inputs: list[Tensor]
-    current: list[Tensor]
-
-
-# Every HOLD_OUT-th image of a batch is kept out of the fit to measure it honestly.
-HOLD_OUT = 5
 # The ridge weights tried, as multiples of ``ridge``; the held-out error picks one.
 RIDGE_STEPS = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 
@@ -142,11 +143,11 @@ def reconstruct(
     reference.eval()
     try:
         with torch.no_grad():
-            layers = _pruned_consumers(pruned, reference, kept, batches[0][0][:1])
-            order, shared = _forward_order(pruned, layers, batches[0][0][:1])
-            quota = _quotas(max_rows, len(batches))
+            layers = pruned_consumers(pruned, reference, kept, batches[0][0][:1])
+            order, shared = forward_order(pruned, layers, batches[0][0][:1])
+            quota = quotas(max_rows, len(batches))
             generator = torch.Generator().manual_seed(seed)
-            rows = _collect_targets(reference, order, layers, batches, quota, generator)
+            rows = collect_targets(reference, order, layers, batches, quota, generator)
             skipped = [LayerFit(name, math.nan, math.nan, _SHARED) for name in shared]
             # pop: a layer's rows are freed as soon as it is fitted.
             fitted = [_fit_layer(pruned, name, rows.pop(name), batches, ridge) for name in order]
@@ -156,162 +157,24 @@ def reconstruct(
             module.training = mode
 
 
-def _pruned_consumers(
-    pruned: nn.Module, reference: nn.Module, kept: Mapping[str, Sequence[int]], example: Tensor
-) -> dict[str, list[int] | None]:
-    """Layers with pruned inputs -> their kept output channels (``None``: all kept).
-
-    Which layers lost input channels is read off the shapes; which output
-    channels a layer kept comes from the group its outputs belong to.
-    """
-    device = next(reference.parameters()).device
-    with torch.enable_grad():  # torch-pruning traces the graph through autograd
-        dg, groups = channel_groups(reference, example.to(device))
-    unknown = sorted(set(kept) - {g.name for g in groups})
-    if unknown:
-        raise PruneError(f"kept names groups the reference network does not have: {unknown}")
-    out_group: dict[nn.Module, list[int]] = {}
-    for g in groups:
-        if g.name not in kept:
-            continue
-        for dep, _ in g.group:
-            if dg.is_out_channel_pruning_fn(dep.handler):
-                out_group[dep.target.module] = sorted(int(i) for i in kept[g.name])
-    ref_modules = dict(reference.named_modules())
-    found: dict[str, list[int] | None] = {}
-    for name, module in pruned.named_modules():
-        if not isinstance(module, _LAYERS):
-            continue
-        ref = ref_modules.get(name)
-        if not isinstance(ref, _LAYERS) or type(ref) is not type(module):
-            raise PruneError(f"{name}: the pruned network does not match the reference")
-        (p_in, p_out), (r_in, r_out) = _dims(module), _dims(ref)
-        keep_out = out_group.get(ref)
-        expected_out = len(keep_out) if keep_out is not None else r_out
-        if p_out != expected_out or p_in > r_in:
-            raise PruneError(
-                f"{name}: has {p_in} inputs and {p_out} outputs, but the reference has {r_in} "
-                f"and the recipe keeps {expected_out} outputs; was the pruned network built "
-                "from this reference with this recipe?"
-            )
-        if p_in < r_in:
-            found[name] = keep_out if keep_out is not None and len(keep_out) < r_out else None
-    return found
-
-
-def _dims(module: _Layer) -> tuple[int, int]:
-    """(input, output) channels of a conv or features of a linear layer."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.in_channels, module.out_channels
-
-
-def _forward_order(
-    pruned: nn.Module, layers: Mapping[str, object], example: Tensor
-) -> tuple[list[str], list[str]]:
-    """Names of ``layers`` in the order a forward pass calls them, and those called repeatedly.
-
-    A layer called more than once per pass (shared weights) sees several
-    inputs; one set of weights cannot be fitted to each call separately.
-    """
-    modules = dict(pruned.named_modules())
-    calls: list[str] = []
-    handles = [
-        modules[name].register_forward_hook(lambda *_, name=name: calls.append(name))
-        for name in layers
-    ]
-    try:
-        pruned(example.to(_device(pruned)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    shared = sorted({name for name in calls if calls.count(name) > 1})
-    return [name for name in dict.fromkeys(calls) if name not in shared], shared
-
-
-def _quotas(max_rows: int, count: int) -> list[int]:
-    """Rows to draw from each batch: ``max_rows`` spread evenly."""
-    base, extra = divmod(max_rows, count)
-    return [base + (i < extra) for i in range(count)]
-
-
-def _row_count(module: _Layer, output: Tensor) -> int:
-    """Rows an output offers: one per sample and position for a conv, per sample for a linear."""
-    if isinstance(module, nn.Conv2d):
-        return output.numel() // output.shape[1]
-    return output.numel() // output.shape[-1]
-
-
-def _output_rows(module: _Layer, output: Tensor, positions: Tensor) -> Tensor:
-    """``output`` at the drawn rows, as ``[rows, channels]``, without copying the rest."""
-    if isinstance(module, nn.Conv2d):
-        spatial = output.shape[2] * output.shape[3]
-        channels_last = output.flatten(2).transpose(1, 2)
-        return channels_last[positions // spatial, positions % spatial]
-    return output.reshape(-1, output.shape[-1]).index_select(0, positions)
-
-
-def _collect_targets(
-    reference: nn.Module,
-    order: Sequence[str],
-    layers: Mapping[str, list[int] | None],
-    batches: Sequence[tuple[Tensor, Tensor]],
-    quota: Sequence[int],
-    generator: torch.Generator,
-) -> dict[str, _Rows]:
-    """One pass of the reference per batch: draw each layer's rows and keep their targets."""
-    modules = dict(reference.named_modules())
-    rows = {name: _Rows([], [], [], [], []) for name in order}
-    current: list[int] = [0]
-
-    def hook(name: str, module: nn.Module, output: Tensor) -> None:
-        assert isinstance(module, _LAYERS)
-        count = _row_count(module, output)
-        take = min(quota[current[0]], count)
-        positions = torch.randperm(count, generator=generator)[:take].to(output.device)
-        target = _output_rows(module, output, positions)
-        sample = positions // (count // output.shape[0])
-        keep = layers[name]
-        if keep is not None:
-            target = target[:, torch.tensor(keep, device=output.device)]
-        rows[name].positions.append(positions)
-        rows[name].held.append(sample % HOLD_OUT == HOLD_OUT - 1)
-        rows[name].target.append(target)
-
-    handles = [
-        modules[name].register_forward_hook(
-            lambda module, _, output, name=name: hook(name, module, output)
-        )
-        for name in order
-    ]
-    try:
-        for i, (x, _) in enumerate(batches):
-            current[0] = i
-            reference(x.to(_device(reference)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return rows
-
-
 def _fit_layer(
     pruned: nn.Module,
     name: str,
-    rows: _Rows,
+    rows: Rows,
     batches: Sequence[tuple[Tensor, Tensor]],
     ridge: float,
 ) -> LayerFit:
     """Gather the layer's current inputs in ``pruned``, solve, and write the weights back."""
     module = pruned.get_submodule(name)
-    assert isinstance(module, _LAYERS)
+    assert isinstance(module, LAYERS)
     note = _unsupported(module)
     batch = [0]
 
     def hook(_: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         positions = rows.positions[batch[0]].to(output.device)
-        rows.current.append(_output_rows(module, output, positions))
+        rows.current.append(output_rows(module, output, positions))
         if not note:
-            rows.inputs.append(_patches(module, args[0], positions, output))
+            rows.inputs.append(patches(module, args[0], positions, output))
         raise _Stop
 
     handle = module.register_forward_hook(hook)
@@ -319,7 +182,7 @@ def _fit_layer(
         for i, (x, _) in enumerate(batches):
             batch[0] = i
             with contextlib.suppress(_Stop):
-                pruned(x.to(_device(pruned)))
+                pruned(x.to(device_of(pruned)))
     finally:
         handle.remove()
     device = module.weight.device
@@ -328,31 +191,31 @@ def _fit_layer(
     fit = ~held
     if not held.any() or not fit.any():  # too few images to hold any out: judge in-sample
         held = fit = torch.ones_like(held)
-    before = _relative(torch.cat(rows.current)[held].double(), target[held])
+    before = relative_error(torch.cat(rows.current)[held].double(), target[held])
     if note:
         return LayerFit(name, before, before, note)
     inputs = torch.cat(rows.inputs).double()
     with_bias = module.bias is not None
-    fit_gram, fit_rhs = _normal_equations(inputs[fit], target[fit], with_bias=with_bias)
+    fit_gram, fit_rhs = normal_equations(inputs[fit], target[fit], with_bias=with_bias)
     penalties = [ridge * step for step in RIDGE_STEPS]
     errors = []
     for penalty in penalties:
-        weight, bias = _solve(fit_gram, fit_rhs, penalty, with_bias=with_bias)
-        errors.append(_relative(_predict(inputs[held], weight, bias), target[held]))
+        weight, bias = ridge_solve(fit_gram, fit_rhs, penalty, with_bias=with_bias)
+        errors.append(relative_error(predict(inputs[held], weight, bias), target[held]))
     best = min(range(len(errors)), key=errors.__getitem__)
     if not errors[best] < before:
         return LayerFit(name, before, before, "no fit lowered the held-out error; left as pruned")
     if fit is not held:  # refit on every row, held-out ones included
-        gram, rhs = _normal_equations(inputs[held], target[held], with_bias=with_bias)
+        gram, rhs = normal_equations(inputs[held], target[held], with_bias=with_bias)
         fit_gram, fit_rhs = fit_gram + gram, fit_rhs + rhs
-    weight, bias = _solve(fit_gram, fit_rhs, penalties[best], with_bias=with_bias)
+    weight, bias = ridge_solve(fit_gram, fit_rhs, penalties[best], with_bias=with_bias)
     module.weight.copy_(weight.reshape(module.weight.shape).to(module.weight.dtype))
     if bias is not None and module.bias is not None:
         module.bias.copy_(bias.to(module.bias.dtype))
     return LayerFit(name, before, errors[best])
 
 
-def _unsupported(module: _Layer) -> str:
+def _unsupported(module: Layer) -> str:
     """Why a layer cannot be refitted densely, or an empty string."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
@@ -360,78 +223,3 @@ def _unsupported(module: _Layer) -> str:
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             return "only explicit zero padding is reproduced by im2col"
     return ""
-
-
-def _patches(module: _Layer, x: Tensor, positions: Tensor, output: Tensor) -> Tensor:
-    """The layer's input rows at ``positions``: im2col patches for a conv, features for a linear.
-
-    Only the drawn positions are gathered (one strided read per kernel tap):
-    unfolding the whole batch would cost as much as the convolution itself.
-    Columns follow ``weight.flatten(1)``: input channel major, then kernel row, column.
-    """
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).index_select(0, positions)
-    assert not isinstance(module.padding, str)
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (
-        module.kernel_size,
-        module.stride,
-        module.dilation,
-        module.padding,
-    )
-    height, width = output.shape[2], output.shape[3]
-    sample = positions // (height * width)
-    row = positions % (height * width) // width * sh
-    col = positions % width * sw
-    # Channels last, so that each tap reads whole rows of channels (much faster).
-    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)
-    taps = [padded[sample, row + i * dh, col + j * dw] for i in range(kh) for j in range(kw)]
-    return torch.stack(taps, dim=2).flatten(1)
-
-
-def _normal_equations(inputs: Tensor, target: Tensor, *, with_bias: bool) -> tuple[Tensor, Tensor]:
-    """``(X^T X, X^T Y)`` with a column of ones appended to ``X`` for a bias.
-
-    Sums over rows, so the equations of two row sets add up to those of their union.
-    """
-    if with_bias:
-        inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], 1)
-    return inputs.T @ inputs, inputs.T @ target
-
-
-def _solve(
-    gram: Tensor, rhs: Tensor, penalty: float, *, with_bias: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Ridge solution ``(W, b)`` of the normal equations; the bias is not penalised.
-
-    The penalty is relative to the mean diagonal of the weights' Gram matrix
-    (the mean eigenvalue), so it does not depend on the activations' scale.
-    """
-    features = gram.shape[0] - int(with_bias)
-    diagonal = torch.diagonal(gram)[:features]
-    scale = float(diagonal.mean())
-    ridge = torch.zeros_like(torch.diagonal(gram))
-    ridge[:features] = penalty * (scale if scale > 0 else 1.0)
-    system = gram + torch.diag(ridge)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) == 0:
-        solution = torch.cholesky_solve(rhs, factor)
-    else:  # singular (no ridge, too few rows): the minimum-norm solution
-        solution = torch.linalg.lstsq(system.cpu(), rhs.cpu(), driver="gelsd").solution
-        solution = solution.to(rhs.device)
-    return solution[:features].T, (solution[features] if with_bias else None)
-
-
-def _predict(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return inputs @ weight.T if bias is None else inputs @ weight.T + bias
-
-
-def _relative(prediction: Tensor, target: Tensor) -> float:
-    norm = float(torch.linalg.vector_norm(target))
-    error = float(torch.linalg.vector_norm(prediction - target))
-    if norm == 0.0:
-        return 0.0 if error == 0.0 else math.inf
-    return error / norm
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
