@@ -108,6 +108,7 @@ CRITERIA: Mapping[str, CriterionInfo] = MappingProxyType(
         "l1": CriterionInfo("L1 group magnitude"),
         "l2": CriterionInfo("L2 group magnitude"),
         "bn_scale": CriterionInfo("BatchNorm |gamma| (network slimming)"),
+        "fpgm": CriterionInfo("distance to the geometric median (He et al. 2019)"),
         "taylor": CriterionInfo("first-order Taylor loss change", needs_data=True),
         "similarity": CriterionInfo(
             "one channel per cluster of similar responses", needs_data=True, folds=True

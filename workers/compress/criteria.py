@@ -216,7 +216,11 @@ def _check(criterion: str, batches: Batches | None) -> None:
 
 def _magnitude(groups: Sequence[ChannelGroup], p: int) -> list[Tensor]:
     """Lp norm over the filters, BN affine and consumer slices that go with a channel."""
-    scorer = tp.importance.GroupMagnitudeImportance(p=p, normalizer=None)
+    return _tp(tp.importance.GroupMagnitudeImportance(p=p, normalizer=None), groups)
+
+
+def _tp(scorer: tp.importance.Importance, groups: Sequence[ChannelGroup]) -> list[Tensor]:
+    """Scores of a Torch-Pruning ``Importance`` on each group's dependency group."""
     with torch.no_grad():
         return [scorer(g.group).detach().float().cpu() for g in groups]
 
@@ -315,6 +319,7 @@ REGISTRY: Mapping[str, Importance] = MappingProxyType(
         "l1": _l1,
         "l2": _l2,
         "bn_scale": _bn,
+        "fpgm": lambda model, groups, batches: _tp(tp.importance.FPGMImportance(), groups),
         "taylor": _taylor,
         "similarity": _similar,
         "discriminant": _discriminant,
