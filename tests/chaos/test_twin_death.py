@@ -2,7 +2,7 @@
 
 ``tp_global`` proposes one network to every trial, so the second worker's
 trial finds the first one scoring it and waits for that score
-(``workers.tasks._twin``). The first worker is SIGKILLed mid-trial (horse
+(``workers.steps.trial._twin``). The first worker is SIGKILLed mid-trial (horse
 and parent). The waiting trial must notice that its twin went silent (its
 heartbeat stops) and score the network itself, in seconds rather than the
 ten minutes it once waited; the job then ends ``done`` with every slot

@@ -8,7 +8,7 @@ maintenance finds it abandoned (its heartbeat lapses after the workers'
 ``--maintenance-interval`` + 60 s: 65 s here, 90 s with
 ``PRUNESEARCH_CHAOS_MAINTENANCE_S=30``, the workers' default), so
 a job whose every worker died resumes once workers return.
-The trial task makes the second run harmless (``workers.tasks._resume_slot``).
+The trial task makes the second run harmless (``workers.steps.trial._resume_slot``).
 """
 
 from __future__ import annotations

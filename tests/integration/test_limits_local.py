@@ -24,18 +24,18 @@ from core.db.session import session_factory, session_scope
 from core.spec import JobSpec
 from search.study import study_name
 from tests.integration.conftest import tiny_spec
-from workers import tasks
+from workers.steps import trial
 
 
 def _slowed(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
     """The i-th trial's scoring sleeps ``delays[i]`` seconds first (0 after the list)."""
-    real, calls = tasks._score, iter(delays)
+    real, calls = trial.score_candidate, iter(delays)
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(next(calls, 0.0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks, "_score", slow)
+    monkeypatch.setattr(trial, "score_candidate", slow)
 
 
 def _spec(name: str, n_trials: int, limits: dict[str, float]) -> JobSpec:
