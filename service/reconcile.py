@@ -17,7 +17,7 @@ compared with its rows and requeued where nothing will otherwise run them:
 
 A slot whose trial is still running somewhere is left alone, so nothing is
 counted twice; a requeued slot that finds its earlier run finished does
-nothing (``workers.tasks._resume_slot``). One pass runs at a time (a
+nothing (``workers.steps.trial._resume_slot``). One pass runs at a time (a
 Redis lock held while it runs), in each API process :data:`FIRST_PASS_S` after it starts (a
 restart is when something is most likely lost) and every :data:`INTERVAL_S`
 after that. Each pass leaves what it did under :data:`LAST_PASS` in Redis
