@@ -40,7 +40,6 @@ from workers.compress import lowrank
 from workers.compress.profiling import channel_groups
 from workers.steps.context import JobContext
 
-NEEDS_CURVES = frozenset(name for name, info in catalogue.SAMPLERS.items() if info.needs_curves)
 Ratios = tuple[float, ...]
 # An allocator's rule: (job, trained baseline, greedy walk or None) -> ratio vector.
 Allocator = Callable[[JobContext, nn.Module, Ratios | None], Ratios]
