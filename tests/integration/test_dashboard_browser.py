@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,16 @@ CHROMIUM = os.environ.get("PRUNESEARCH_CHROMIUM", "/usr/bin/chromium")
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WIDTH = 1280
 JOB_TIMEOUT_MS = 240_000
+IMPORTED = re.compile(r'^import .* from "\./([\w-]+\.js)";$', re.MULTILINE)
+# The submit form's selects whose choices the OpenAPI document lists (submit.js, type "enum").
+SCHEMA_SELECTS = {
+    "#f-dataset-name": ("DatasetSpec", "name"),
+    "#f-search-sampler": ("SearchSpec", "sampler"),
+    "#f-search-criterion": ("SearchSpec", "criterion"),
+    "#f-search-operator": ("SearchSpec", "operator"),
+    "#f-search-objective": ("SearchSpec", "objective"),
+    "#f-scoring-mode": ("ScoringSpec", "mode"),
+}
 
 
 class Stack:
@@ -57,7 +68,7 @@ class Stack:
         return "\n".join(f"== {p.name}\n{p.read_text()[-4000:]}" for p in self.logs.glob("*.log"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium, looked for before the stack starts; missing, it fails the test."""
     found = shutil.which(CHROMIUM)
@@ -169,6 +180,16 @@ def _check_static(stack: Stack) -> None:
     assert again.status_code == 304 and not again.content
     for name in ("app.js", "style.css"):
         assert httpx.get(f"{stack.url}/static/{name}").status_code == 200
+    # The entry and every module it imports, as JavaScript (a browser runs no module otherwise).
+    todo, seen = ["app.js"], set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        module = httpx.get(f"{stack.url}/static/{name}")
+        assert module.status_code == 200, name
+        assert module.headers["content-type"].startswith("text/javascript"), name
+        todo += [n for n in IMPORTED.findall(module.text) if n not in seen]
+    assert len(seen) > 1
     assert httpx.get(f"{stack.url}/static/..%2Fapp.py").status_code == 404
     assert httpx.get(f"{stack.url}/v1/jobs").status_code == 401
 
@@ -196,6 +217,15 @@ def test_dashboard_in_chromium(tmp_path: Path, chromium: str, stack: Stack) -> N
                 else None
             ),
         )
+        # A module or the schema that does not load is only "Failed to load resource" above.
+        page.on(
+            "response",
+            lambda resp: (
+                problems.append(f"HTTP {resp.status}: {resp.url}")
+                if resp.status >= 400 and "/v1/" not in resp.url
+                else None
+            ),
+        )
         foreign: list[str] = []
         page.on(
             "request",
@@ -210,6 +240,7 @@ def test_dashboard_in_chromium(tmp_path: Path, chromium: str, stack: Stack) -> N
             shoot_list_later = _check_job_page(page, stack, job_id, tmp_path)
             _check_submit(page, stack, tmp_path)
             shoot_list_later()
+            _check_choices_follow_the_schema(context.new_page(), stack)
         except Exception:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
             print(f"failure screenshot: {tmp_path / 'failure.png'}\n{stack.log_text()}")
@@ -336,6 +367,14 @@ def _check_submit(page: Page, stack: Stack, tmp_path: Path) -> None:
     """A bad value is refused with its field named; a good spec becomes a job."""
     page.click("nav a[data-nav=submit]")
     expect(page.locator("#submit-form")).to_be_visible()
+    # The selects offer what the server's OpenAPI document lists, its default chosen.
+    schemas = httpx.get(f"{stack.url}/openapi.json").json()["components"]["schemas"]
+    for selector, (component, field) in SCHEMA_SELECTS.items():
+        prop = schemas[component]["properties"][field]
+        assert select_options(page, selector) == prop["enum"], selector
+        expect(page.locator(selector)).to_have_value(prop["default"])
+    assert select_options(page, "#f--queue") == ["interactive", "overnight"]
+    expect(page.locator("#schema-error")).to_have_count(0)
     page.fill("#f-name", "digits-quick")
     page.select_option("#f-model-arch", "lenet5")
     page.fill("#f-model-pretrain_epochs", "1")
@@ -361,3 +400,40 @@ def _check_submit(page: Page, stack: Stack, tmp_path: Path) -> None:
     assert jobs["total"] == 2 and jobs["items"][0]["id"] == new_id
     assert jobs["items"][0]["spec"]["search"]["n_trials"] == 2
     expect(page.locator('[role="progressbar"]').first).to_have_attribute("aria-valuemax", "2")
+
+
+def select_options(page: Page, selector: str) -> list[str]:
+    values: list[str] = page.locator(f"{selector} option").evaluate_all(
+        "(options) => options.map((o) => o.value)"
+    )
+    return values
+
+
+def _check_choices_follow_the_schema(page: Page, stack: Stack) -> None:
+    """The form's choices are the ones /openapi.json lists, whatever they are, or an error."""
+    doc = httpx.get(f"{stack.url}/openapi.json").json()
+    sampler = doc["components"]["schemas"]["SearchSpec"]["properties"]["sampler"]
+    sampler["enum"] = ["from-the-schema", *reversed(sampler["enum"])]
+    sampler["default"] = "from-the-schema"
+    page.route("**/openapi.json", lambda route: route.fulfill(json=doc))
+    page.goto(f"{stack.url}/#/submit")
+    expect(page.locator("#submit-form")).to_be_visible()
+    assert select_options(page, "#f-search-sampler") == sampler["enum"]
+    expect(page.locator("#f-search-sampler")).to_have_value("from-the-schema")
+    assert '"sampler": "from-the-schema"' in page.locator("#spec-preview").inner_text()
+
+    # Unreadable: the form says so, and its enum selects are disabled rather than empty.
+    page.unroute("**/openapi.json")
+    page.route("**/openapi.json", lambda route: route.fulfill(status=503, body="down"))
+    page.reload()
+    error = page.locator("#schema-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("/openapi.json")
+    expect(error).to_contain_text("HTTP 503")
+    expect(error).to_contain_text("Sampler")
+    for selector in SCHEMA_SELECTS:
+        expect(page.locator(selector)).to_be_disabled()
+        expect(page.locator(f"{selector} option")).to_have_count(1)
+    expect(page.locator("#f-model-arch")).to_be_enabled()  # its choices are the form's own
+    assert "sampler" not in page.locator("#spec-preview").inner_text()  # the server's default
+    page.close()

@@ -17,12 +17,11 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 
-from service.dashboard import STATIC_DIR
+from service.dashboard import FILES, STATIC_DIR
 
 router = APIRouter(include_in_schema=False)
 
 JS = "text/javascript; charset=utf-8"
-FILES: dict[str, str] = {"app.js": JS, "style.css": "text/css; charset=utf-8"}
 # Everything the page loads comes from this server; plotly draws with inline
 # styles and exports PNGs as data: URLs, downloads are blob: URLs.
 CSP = (
