@@ -1,0 +1,134 @@
+"""Repository functions: the only code that queries or changes our tables.
+
+The API and the worker tasks share these, so a rule about jobs (which state
+may follow which, what "finished" means for progress) lives in one place.
+Every function that writes commits before it returns: each call is one
+transaction, which keeps SQLite's single write lock held for milliseconds
+even when a worker keeps its session open across a long trial. Rows come
+back usable after the commit (the session factories do not expire them).
+
+One module per table: :mod:`~core.db.repo.jobs`, :mod:`~core.db.repo.candidates`
+and :mod:`~core.db.repo.latency` (with :mod:`~core.db.repo.fields` for the check
+they share). Callers keep using the package, ``from core.db import repo`` and
+``repo.get_job(...)``; this module only re-exports. Patch a function where it is
+defined (``repo.jobs.get_job``) for the other modules to see the patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.db.models import (
+    LOCAL_OWNER,
+    Candidate,
+    CandidateStatus,
+    Job,
+    JobStatus,
+    Latency,
+    utcnow,
+)
+from core.db.repo.candidates import (
+    CANDIDATE_SORTS,
+    FINISHED_CANDIDATES,
+    CandidateFilter,
+    add_candidate,
+    best_candidate,
+    best_candidates,
+    changed_candidates,
+    count_candidates,
+    find_running_by_key,
+    find_scored_by_key,
+    finish_candidate,
+    finished_counts,
+    last_candidate_id,
+    list_candidates,
+    mark_lost,
+    progress,
+    recent_trial_times,
+    set_rungs,
+    still_running,
+    task_candidates,
+)
+from core.db.repo.jobs import (
+    count_jobs,
+    create_job,
+    delete_job,
+    find_idempotent,
+    get_job,
+    list_jobs,
+    transition,
+    update_job,
+)
+from core.db.repo.latency import cached_latency, store_latency
+from core.errors import (
+    CandidateNotFound,
+    DuplicateCandidate,
+    InvalidTransition,
+    JobNotFound,
+)
+from core.spec import JobSpec
+
+# The functions, classes and constants of the three modules, and the rest of what the
+# single module had in its namespace (its imports: models, errors, SQLAlchemy helpers),
+# so that ``repo.JobStatus`` and the like keep working.
+__all__ = [
+    "CANDIDATE_SORTS",
+    "FINISHED_CANDIDATES",
+    "LOCAL_OWNER",
+    "Any",
+    "Candidate",
+    "CandidateFilter",
+    "CandidateNotFound",
+    "CandidateStatus",
+    "DuplicateCandidate",
+    "IntegrityError",
+    "InvalidTransition",
+    "Iterable",
+    "Job",
+    "JobNotFound",
+    "JobSpec",
+    "JobStatus",
+    "Latency",
+    "Session",
+    "add_candidate",
+    "best_candidate",
+    "best_candidates",
+    "cached_latency",
+    "changed_candidates",
+    "count_candidates",
+    "count_jobs",
+    "create_job",
+    "dataclass",
+    "datetime",
+    "delete",
+    "delete_job",
+    "find_idempotent",
+    "find_running_by_key",
+    "find_scored_by_key",
+    "finish_candidate",
+    "finished_counts",
+    "func",
+    "get_job",
+    "last_candidate_id",
+    "list_candidates",
+    "list_jobs",
+    "mark_lost",
+    "progress",
+    "recent_trial_times",
+    "select",
+    "set_rungs",
+    "still_running",
+    "store_latency",
+    "task_candidates",
+    "transition",
+    "update",
+    "update_job",
+    "utcnow",
+]
