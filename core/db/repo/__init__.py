@@ -16,24 +16,6 @@ defined (``repo.jobs.get_job``) for the other modules to see the patch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from core.db.models import (
-    LOCAL_OWNER,
-    Candidate,
-    CandidateStatus,
-    Job,
-    JobStatus,
-    Latency,
-    utcnow,
-)
 from core.db.repo.candidates import (
     CANDIDATE_SORTS,
     FINISHED_CANDIDATES,
@@ -67,36 +49,11 @@ from core.db.repo.jobs import (
     update_job,
 )
 from core.db.repo.latency import cached_latency, store_latency
-from core.errors import (
-    CandidateNotFound,
-    DuplicateCandidate,
-    InvalidTransition,
-    JobNotFound,
-)
-from core.spec import JobSpec
 
-# The functions, classes and constants of the three modules, and the rest of what the
-# single module had in its namespace (its imports: models, errors, SQLAlchemy helpers),
-# so that ``repo.JobStatus`` and the like keep working.
 __all__ = [
     "CANDIDATE_SORTS",
     "FINISHED_CANDIDATES",
-    "LOCAL_OWNER",
-    "Any",
-    "Candidate",
     "CandidateFilter",
-    "CandidateNotFound",
-    "CandidateStatus",
-    "DuplicateCandidate",
-    "IntegrityError",
-    "InvalidTransition",
-    "Iterable",
-    "Job",
-    "JobNotFound",
-    "JobSpec",
-    "JobStatus",
-    "Latency",
-    "Session",
     "add_candidate",
     "best_candidate",
     "best_candidates",
@@ -105,16 +62,12 @@ __all__ = [
     "count_candidates",
     "count_jobs",
     "create_job",
-    "dataclass",
-    "datetime",
-    "delete",
     "delete_job",
     "find_idempotent",
     "find_running_by_key",
     "find_scored_by_key",
     "finish_candidate",
     "finished_counts",
-    "func",
     "get_job",
     "last_candidate_id",
     "list_candidates",
@@ -122,13 +75,10 @@ __all__ = [
     "mark_lost",
     "progress",
     "recent_trial_times",
-    "select",
     "set_rungs",
     "still_running",
     "store_latency",
     "task_candidates",
     "transition",
-    "update",
     "update_job",
-    "utcnow",
 ]
