@@ -220,3 +220,19 @@ class Latency(Base):
     batch: Mapped[int] = mapped_column(Integer)
     ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeletedJob(Base):
+    """A tombstone: this database had the job, and it was deleted.
+
+    A task whose job row is missing must know why. Deleted: it ends quietly
+    and erases what it wrote (``workers.steps.lifecycle``). Never here: the
+    task came from a queue this database does not own (two stacks sharing
+    one Redis database), and it must fail loudly instead of swallowing
+    another stack's work.
+    """
+
+    __tablename__ = "deleted_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

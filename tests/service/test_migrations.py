@@ -65,6 +65,7 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
             "uploads",
             "batches",
             "datasets",
+            "deleted_jobs",
         }
     finally:
         engine.dispose()

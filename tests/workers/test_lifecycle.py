@@ -118,3 +118,25 @@ def test_an_error_of_a_job_that_still_exists_is_raised(settings: Settings) -> No
     with pytest.raises(JobNotFound):  # not this job's delete: RQ's retry is right
         trial(job_id, settings)
     assert why_stop(settings, job_id) is None
+
+
+def test_a_task_of_a_job_this_database_never_had_fails_loudly(settings: Settings) -> None:
+    """Two stacks on one Redis database: a task of the other stack's job is not a delete."""
+    ran: list[str] = []
+
+    @stoppable
+    def prepare(job_id: str, settings: Settings) -> None:
+        ran.append(job_id)
+        with session_scope(session_factory(settings.database_url)) as s:
+            repo.get_job(s, job_id)
+
+    with pytest.raises(JobNotFound):
+        prepare("f" * 32, settings)
+    assert ran == ["f" * 32]
+    with pytest.raises(JobNotFound):
+        why_stop(settings, "f" * 32)
+    deleted = _job(settings, JobStatus.searching)
+    with session_scope(session_factory(settings.database_url)) as s:
+        repo.delete_job(s, deleted)
+        assert repo.was_deleted(s, deleted) and not repo.was_deleted(s, "f" * 32)
+    assert why_stop(settings, deleted) == "was deleted"

@@ -58,12 +58,20 @@ def why_stop(settings: Settings, job_id: str) -> str | None:
 
     Only a cancel or a delete stops a task: ``done`` and ``failed`` are set by
     the job's own last task, which must be left to finish its block.
+
+    Raises:
+        JobNotFound: This database never had the job (no tombstone): the task
+            came from a queue that belongs to another database, a
+            misconfiguration that must fail loudly rather than swallow
+            another stack's work.
     """
     with session_scope(session_factory(settings.database_url)) as s:
         try:
             status = repo.get_job(s, job_id).status
         except JobNotFound:
-            return "was deleted"
+            if repo.was_deleted(s, job_id):
+                return "was deleted"
+            raise
     return "is cancelled" if status == JobStatus.cancelled else None
 
 
@@ -138,6 +146,7 @@ def stoppable(task: Callable[P, None]) -> Callable[P, None]:
         except Exception:
             # Whatever a vanished row or study raised (JobNotFound, CandidateNotFound,
             # Optuna's KeyError) is the delete, not a fault: RQ must not retry it.
+            # A job this database never had raises from why_stop itself.
             if why_stop(settings, job_id) != "was deleted":
                 raise
             why = "was deleted"

@@ -47,6 +47,7 @@ from core.db.repo.jobs import (
     list_jobs,
     transition,
     update_job,
+    was_deleted,
 )
 from core.db.repo.latency import cached_latency, store_latency
 
@@ -81,4 +82,5 @@ __all__ = [
     "task_candidates",
     "transition",
     "update_job",
+    "was_deleted",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.db.models import LOCAL_OWNER, Candidate, Job, JobStatus, utcnow
+from core.db.models import LOCAL_OWNER, Candidate, DeletedJob, Job, JobStatus, utcnow
 from core.db.repo.fields import check_fields
 from core.errors import InvalidTransition, JobNotFound
 from core.spec import JobSpec
@@ -103,10 +103,16 @@ def count_jobs(session: Session, status: JobStatus | None = None, owner: str | N
 
 
 def delete_job(session: Session, job_id: str) -> None:
-    """Remove a job and its candidates."""
+    """Remove a job and its candidates, leaving a tombstone (:func:`was_deleted`)."""
     session.execute(delete(Candidate).where(Candidate.job_id == job_id))
-    session.execute(delete(Job).where(Job.id == job_id))
+    if session.execute(delete(Job).where(Job.id == job_id)).rowcount:  # type: ignore[attr-defined]
+        session.merge(DeletedJob(job_id=job_id))
     session.commit()
+
+
+def was_deleted(session: Session, job_id: str) -> bool:
+    """Whether this database had the job and it was deleted (not: never had it)."""
+    return session.get(DeletedJob, job_id) is not None
 
 
 def transition(
