@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,20 @@ def test_local_search_writes_a_verified_result(
 
     factory = session_factory(local_settings(tmp_path, "cpu").database_url)
     with session_scope(factory) as s:
+        timings = repo.get_job(s, job["id"]).timings
         cands = repo.list_candidates(s, job["id"], limit=100, offset=0)
+    # The phases add up: the search ends where finalize starts, the ladder is finalize's.
+    opened, closed = (
+        datetime.fromisoformat(timings[k]) for k in ("search_started", "finalize_started")
+    )
+    assert result["timings"]["search_s"] == pytest.approx(
+        (closed - opened).total_seconds(), abs=1e-3
+    )
+    ends = [c.finished_at for c in cands if c.finished_at is not None]
+    assert len(ends) == len(cands)
+    assert all((e if e.tzinfo else e.replace(tzinfo=UTC)) <= closed for e in ends)
+    assert result["timings"]["ladder_s"] <= result["timings"]["finalize_s"]
+    with session_scope(factory) as s:
         assert len(cands) == spec.search.n_trials
         assert [c.trial_number for c in cands] == list(range(spec.search.n_trials))
         statuses = {c.status for c in cands}

@@ -29,7 +29,7 @@ from workers.nets import measure
 from workers.steps import candidate, ladder
 from workers.steps.context import JobContext, forget
 from workers.steps.lifecycle import stoppable
-from workers.steps.stage import JobRow, accuracy, costs, fail, search_elapsed, session
+from workers.steps.stage import JobRow, accuracy, costs, fail, now, search_elapsed, session
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def finalize(job_id: str, settings: Settings | None = None) -> None:
     """Fine-tune the best candidate, measure it, export it, mark the job done."""
     settings = settings or Settings()
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), now()
     try:
         with session(settings) as s:
             repo.transition(
@@ -51,7 +51,7 @@ def finalize(job_id: str, settings: Settings | None = None) -> None:
         log.warning("finalize(%s) skipped: job is not searching", job_id)
         return
     try:
-        _finalize(job_id, settings, start)
+        _finalize(job_id, settings, start, started_at)
     except Exception as exc:
         fail(job_id, settings, "finalize", exc)
     finally:
@@ -86,12 +86,16 @@ def _stopped_early(spec: JobSpec, search_s: float, scored: Sequence[Candidate]) 
     return f"limits.search_s: {ran} of {spec.search.n_trials} trials ran in {limit:g} s"
 
 
-def _finalize(job_id: str, settings: Settings, start: float) -> None:
+def _finalize(job_id: str, settings: Settings, start: float, started_at: str) -> None:
+    """The phases add up: ``search_s`` ends where ``finalize`` starts (``finalize_started``),
+    and ``ladder_s`` is part of ``finalize_s``, never of ``search_s``."""
     with session(settings) as s:  # the job and its candidates, read together once
         row = JobRow.of(repo.get_job(s, job_id))
         scored = repo.list_candidates(s, job_id, limit=100_000, offset=0)
     ctx = row.context(settings)
     baseline, timings = dict(row.baseline), dict(row.timings)
+    timings["finalize_started"] = started_at
+    timings["search_s"] = search_elapsed(timings, until=started_at)
     objective = ctx.spec.search.objective
     front = [
         {
@@ -122,7 +126,6 @@ def _finalize(job_id: str, settings: Settings, start: float) -> None:
         "ratios": best.ratios,
         "counts": best.counts,
     }
-    timings["search_s"] = search_elapsed(timings)
 
     spec = ctx.spec
     built = candidate.build(

@@ -112,9 +112,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def search_elapsed(timings: Mapping[str, Any]) -> float:
-    """Seconds since ``prepare`` opened the search (its ``search_started``)."""
-    return time.time() - datetime.fromisoformat(timings["search_started"]).timestamp()
+def search_elapsed(timings: Mapping[str, Any], until: str | None = None) -> float:
+    """Seconds from ``prepare`` opening the search (its ``search_started``) to ``until`` or now."""
+    end = datetime.fromisoformat(until).timestamp() if until else time.time()
+    return end - datetime.fromisoformat(timings["search_started"]).timestamp()
 
 
 def accuracy(ctx: JobContext, model: torch.nn.Module, split: str) -> float:
