@@ -24,6 +24,7 @@ Reported, from one run:
 Usage:
     python bench/search_quality.py --quick          # <= 30 minutes on 2 CPU cores
     python bench/search_quality.py --device cuda:0  # full mode, on a GPU
+    bash bench/gpu_check.sh                         # on a lent GPU (bench/gpu_prepare.sh first)
 
 Prints the tables and writes bench/results/search_quality[-quick].json.
 """
@@ -38,7 +39,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -393,8 +394,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the 30-minute CPU mode")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/...)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="only these seeds (bench/gpu_check.sh: 0)"
+    )
     args = parser.parse_args()
     cfg = QUICK if args.quick else FULL
+    if args.seeds:
+        cfg = replace(cfg, seeds=tuple(args.seeds))
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     r: dict[str, Any] = {
