@@ -1,0 +1,1 @@
+"""Compression methods: profiling, criteria, masks, pruning, low-rank, triage."""

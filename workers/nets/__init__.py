@@ -1,0 +1,1 @@
+"""Networks and data: the zoo and plugins, datasets, training, measurement."""

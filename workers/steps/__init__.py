@@ -1,0 +1,1 @@
+"""A job's steps (prepare, trial, finalize) and what only they use."""
