@@ -3,7 +3,9 @@
 ``prunesearch serve`` with API keys on, two ``prunesearch worker`` processes
 and a real Redis run one small real job (LeNet-5 on digits, NSGA-II, with a
 sensitivity scan). The browser then does what a user does: gives the key
-the page asks for, watches the job list refresh until the job is done,
+the page asks for, watches the job list refresh until the job is done
+(while a second tab watches the job's own page poll cheaply: 304s for
+unchanged reads, ``since=`` for the candidates, see :class:`Polls`),
 opens the job page and reads every chart back from plotly's own data
 (checked against the REST API), downloads a file, submits a bad spec and a
 good one. The page must load nothing from another origin.
@@ -23,11 +25,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, Response, expect, sync_playwright
 
 from tests.integration.conftest import tiny_spec
 from tests.support import free_port, stop_processes, wait_for_api
@@ -251,6 +254,70 @@ def test_dashboard_in_chromium(tmp_path: Path, chromium: str, stack: Stack) -> N
     assert foreign == [], "the dashboard fetched from another origin"
 
 
+class Polls:
+    """The API reads a page made: path, query, status and the If-None-Match it sent."""
+
+    def __init__(self, page: Page) -> None:
+        self.seen: list[tuple[str, dict[str, list[str]], int, str | None]] = []
+        page.on("response", self.record)
+
+    def record(self, response: Response) -> None:
+        url = urlsplit(response.url)
+        if url.path.startswith("/v1/") and response.request.method == "GET":
+            tag = response.request.headers.get("if-none-match")
+            self.seen.append((url.path, parse_qs(url.query), response.status, tag))
+
+    def of(self, path: str) -> list[tuple[dict[str, list[str]], int, str | None]]:
+        return [(query, status, tag) for p, query, status, tag in self.seen if p == path]
+
+
+def _watch_job(page: Page, stack: Stack, job_id: str) -> tuple[Page, Polls]:
+    """A second tab on the job's page while the job still runs, its API reads recorded."""
+    assert stack.get(f"/v1/jobs/{job_id}")["status"] not in {"done", "failed", "cancelled"}, (
+        "the job ended before its page was opened: nothing left to watch it poll"
+    )
+    watcher = page.context.new_page()  # same origin, so the key in localStorage is shared
+    polls = Polls(watcher)
+    watcher.goto(f"{stack.url}/#/jobs/{job_id}")
+    expect(watcher.locator("#job-name")).to_be_visible()
+    return watcher, polls
+
+
+def _check_polls(watcher: Page, polls: Polls, stack: Stack, job_id: str) -> None:
+    """The job's page polled cheaply and still ended up with exactly the API's candidates."""
+    # The page stops polling once it has drawn the ended job, after its last candidates read.
+    expect(watcher.locator(".job-head .badge[data-status]")).to_have_text("done")
+    job_reads = polls.of(f"/v1/jobs/{job_id}")
+    assert len(job_reads) > 2, job_reads
+    # A job poll after the first sends the tag of its last copy; one unchanged is a 304
+    # (and is a poll while the job ran: the page polls no more once it has seen it end).
+    assert all(tag for _, _, tag in job_reads[1:]), job_reads
+    assert any(status == 304 for _, status, _ in job_reads), job_reads
+    assert all(status in (200, 304) for _, status, _ in job_reads), job_reads
+
+    # The full list once, then only what changed since the last poll's cursor.
+    cand_reads = polls.of(f"/v1/jobs/{job_id}/candidates")
+    assert len(cand_reads) > 2, cand_reads
+    assert all("since" in query for query, _, _ in cand_reads[1:]), cand_reads
+    assert all(status in (200, 304) for _, status, _ in cand_reads), cand_reads
+
+    # Merged by id, the table lists what a plain read lists: ids, states, ladder accuracies.
+    listed = stack.get(f"/v1/jobs/{job_id}/candidates", limit=500)["items"]
+    rows = watcher.locator("#candidates-table tbody tr")
+    expect(rows).to_have_count(len(listed))
+    shown = rows.evaluate_all(
+        """(rows) => rows.map((r) => [
+          Number(r.dataset.candidateId), r.querySelector(".badge").textContent,
+          r.children[4].textContent !== ""])"""
+    )
+    expected = [
+        [c["id"], c["status"], bool((c["rungs"] or {}).get("short_finetune"))] for c in listed
+    ]
+    assert shown == expected
+    assert any(ladder for _, _, ladder in expected)  # the rungs finalize records came through
+    watcher.close()
+
+
 def _check_list(page: Page, stack: Stack, job_id: str) -> None:
     """The key prompt, then the job list refreshing by itself until the job is done."""
     page.goto(f"{stack.url}/")
@@ -261,6 +328,7 @@ def _check_list(page: Page, stack: Stack, job_id: str) -> None:
     expect(row).to_be_visible()
     bar = row.locator("[role=progressbar]")
     assert bar.get_attribute("aria-valuemax") == "12"
+    watcher, polls = _watch_job(page, stack, job_id)
     # No reload from here on: only the page's polling can show the job ending.
     try:
         expect(row.locator(".badge")).to_have_text("done", timeout=JOB_TIMEOUT_MS)
@@ -269,6 +337,7 @@ def _check_list(page: Page, stack: Stack, job_id: str) -> None:
         pytest.fail(f"job {job['status']} ({job['error']}):\n{stack.log_text()}")
     expect(bar).to_have_attribute("aria-valuenow", "12")
     expect(page.locator("#jobs-footer")).to_contain_text("1 of 1 jobs")
+    _check_polls(watcher, polls, stack, job_id)
 
 
 def _check_job_page(page: Page, stack: Stack, job_id: str, tmp_path: Path) -> Any:

@@ -1,10 +1,11 @@
 // One job (#/jobs/ID): its head, the summary cards, the charts
 // (charts.js), the candidates (candidates.js) and the files to download.
-// Refreshed every POLL_MS until the job ends.
+// Refreshed every POLL_MS until the job ends; a poll that finds nothing new
+// (a 304 for the job, no changed candidate) redraws nothing.
 
-import { allCandidates, api, ApiError, poller, TERMINAL } from "./api.js";
+import { api, ApiError, polled, poller, TERMINAL } from "./api.js";
 import { askForKey, authHeaders } from "./auth.js";
-import { chosenId, drawTable } from "./candidates.js";
+import { candidateFeed, chosenId, drawTable } from "./candidates.js";
 import { drawChannels, drawPareto, drawSensitivity, drawTimeline } from "./charts.js";
 import { errorBox, fmt, h, progressBar, stallBadge, stallText, statusBadge } from "./dom.js";
 
@@ -68,13 +69,19 @@ export function jobView(root, jobId) {
     drawTable(state, el, select);
   };
 
+  const feed = candidateFeed(jobId);
+  let stale = true; // something changed that is not drawn yet (kept when a refresh fails midway)
   const refresh = async () => {
-    const job = await api(`/v1/jobs/${jobId}`);
-    const [cands, pareto] = await Promise.all([allCandidates(jobId), api(`/v1/jobs/${jobId}/pareto`)]);
+    const job = await polled(`/v1/jobs/${jobId}`);
+    if (await feed.update()) stale = true;
+    // polled() hands back the very object it gave before when the job is unchanged.
+    if (job !== state.job) stale = true;
+    if (!stale) return !TERMINAL.has(job.status);
     state.job = job;
-    state.cands = cands.items;
-    state.total = cands.total;
-    state.pareto = pareto;
+    state.cands = feed.items();
+    state.total = feed.total();
+    // The front is drawn from the candidates and the job's result: read only when one moved.
+    state.pareto = await api(`/v1/jobs/${jobId}/pareto`);
     // Asked for only once the job has a report: no 404 for jobs without triage.
     if (job.has_sensitivity && !state.sensitivity) {
       state.sensitivity = await api(`/v1/jobs/${jobId}/sensitivity`).catch((err) => {
@@ -93,6 +100,7 @@ export function jobView(root, jobId) {
     drawTimeline(state, el);
     drawTable(state, el, select);
     drawDownloads(state, el);
+    stale = false;
     return !TERMINAL.has(job.status);
   };
   const poll = poller(refresh, errors.show);

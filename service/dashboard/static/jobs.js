@@ -1,7 +1,7 @@
 // The job list (#/): every job of the key's owner, newest first, refreshed
-// every POLL_MS, with a filter by state.
+// every POLL_MS, with a filter by state. An unchanged list (a 304) is not redrawn.
 
-import { api, POLL_MS, poller } from "./api.js";
+import { POLL_MS, polled, poller } from "./api.js";
 import { errorBox, fmt, h, progressBar, stallBadge, statusBadge } from "./dom.js";
 
 export function listView(root) {
@@ -31,13 +31,17 @@ export function listView(root) {
     footer,
   );
 
+  let shown = null; // the page drawn; polled() returns that same object while it is current
   const refresh = async () => {
     const query = { limit: 100 };
     if (filter.value) query.status = filter.value;
-    const page = await api("/v1/jobs", { query });
-    body.replaceChildren(...page.items.map(jobRow));
-    if (page.items.length === 0) {
-      body.append(h("tr", {}, h("td", { colspan: 9, class: "empty" }, "No jobs yet. ", h("a", { href: "#/submit" }, "Submit one"), ".")));
+    const page = await polled("/v1/jobs", query);
+    if (page !== shown) {
+      body.replaceChildren(...page.items.map(jobRow));
+      if (page.items.length === 0) {
+        body.append(h("tr", {}, h("td", { colspan: 9, class: "empty" }, "No jobs yet. ", h("a", { href: "#/submit" }, "Submit one"), ".")));
+      }
+      shown = page;
     }
     footer.textContent = `${page.items.length} of ${page.total} jobs, newest first · refreshed ${fmt.when(new Date().toISOString())} (every ${POLL_MS / 1000} s)`;
     return true;
