@@ -12,15 +12,24 @@ leaves the window. The clock is Redis's own (``TIME``) unless the caller
 passes one, so API replicas with skewed clocks count alike. When Redis cannot
 be reached the request is let through: reads must not fail because the
 limiter is down (``/readyz`` reports Redis).
+
+Each request costs one Redis round trip: ``EVALSHA`` of the script's
+precomputed SHA (the script is sent once, on the ``NOSCRIPT`` reply of a
+server that does not know it yet). The API calls :func:`retry_after_async`
+on its event loop (no thread-pool hop); :func:`retry_after` is the same for
+synchronous callers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
+from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import NoScriptError, RedisError
 
 WINDOW_S = 60
 
@@ -42,6 +51,18 @@ end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tostring(tonumber(oldest[2]) + window - now)}
 """
+_SHA = hashlib.sha1(_SLIDE.encode()).hexdigest()
+
+
+def _call(subject: str, limit: int, now: float | None, window_s: float) -> tuple[str, list[Any]]:
+    key = f"prunesearch:rate:{subject}"
+    return key, ["" if now is None else repr(now), window_s, limit, secrets.token_hex(8)]
+
+
+def _wait(reply: Any) -> int | None:
+    if int(reply[0]) == 1:
+        return None
+    return max(1, math.ceil(float(reply[1]) - 1e-6))
 
 
 def retry_after(
@@ -60,14 +81,28 @@ def retry_after(
         None when the request is admitted (or Redis cannot be reached), else the
         whole seconds (at least 1) until the oldest admitted request leaves the window.
     """
-    key = f"prunesearch:rate:{subject}"
-    member = secrets.token_hex(8)
-    try:  # EVALSHA; redis-py loads the script where the server does not know it yet
-        reply = redis.register_script(_SLIDE)(
-            keys=[key], args=["" if now is None else repr(now), window_s, limit, member]
-        )
+    key, args = _call(subject, limit, now, window_s)
+    try:
+        try:
+            reply = redis.evalsha(_SHA, 1, key, *args)
+        except NoScriptError:  # a server that has not seen the script yet (or was flushed)
+            reply = redis.eval(_SLIDE, 1, key, *args)
     except (RedisError, OSError):
         return None
-    if int(reply[0]) == 1:
+    return _wait(reply)
+
+
+async def retry_after_async(
+    redis: AsyncRedis, subject: str, limit: int, now: float | None = None,
+    window_s: float = WINDOW_S,
+) -> int | None:  # fmt: skip
+    """:func:`retry_after` on an asyncio Redis client: one round trip, on the event loop."""
+    key, args = _call(subject, limit, now, window_s)
+    try:
+        try:
+            reply = await redis.evalsha(_SHA, 1, key, *args)
+        except NoScriptError:
+            reply = await redis.eval(_SLIDE, 1, key, *args)
+    except (RedisError, OSError):
         return None
-    return max(1, math.ceil(float(reply[1]) - 1e-6))
+    return _wait(reply)

@@ -3,17 +3,29 @@
 Each is a small function so that a test can replace it with
 ``app.dependency_overrides``; the settings default to the ones the app was
 created with (``app.state.settings``).
+
+The read path is cheap on purpose (issue 18: dashboards poll): the settings,
+the session, the owner and the rate limit are resolved on the event loop, so a
+read route costs one hop through the thread pool (its own body), not four.
+The owner comes from an in-process cache of API keys (``core.db.keys``: a key
+revoked elsewhere works here for at most ``KEY_CACHE_TTL_S`` seconds more);
+only a key not seen lately is looked up in the database, in the thread pool.
+The rate limit is one ``EVALSHA`` on an asyncio Redis client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy.orm import Session
 
 from core.auth import digest
@@ -22,7 +34,7 @@ from core.db.models import LOCAL_OWNER
 from core.db.session import session_factory
 from core.queue import redis_from_url
 from core.settings import Settings
-from service.ratelimit import retry_after
+from service.ratelimit import retry_after_async
 
 
 async def get_settings(request: Request) -> Settings:
@@ -38,10 +50,21 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """A session per request; the repositories commit, anything left over is rolled back."""
-    with session_factory(settings.database_url)() as session:
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """A session per request; the repositories commit, anything left over is rolled back.
+
+    Made on the event loop (a session connects only when first used, in the route's
+    thread). Closing it returns the connection with a rollback: on the loop for SQLite
+    (a library call, no I/O to wait for), in the thread pool for a database server.
+    """
+    session = session_factory(settings.database_url)()
+    try:
         yield session
+    finally:
+        if session.get_bind().dialect.name == "sqlite":
+            session.close()
+        else:
+            await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -60,14 +83,33 @@ async def get_redis(settings: SettingsDep) -> Redis:
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
+# One asyncio client per event loop and URL: its connections belong to the loop they
+# were made on (uvicorn has one loop; each TestClient has its own).
+_ASYNC_REDIS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_redis(url: str) -> AsyncRedis:
+    clients = _ASYNC_REDIS.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(url)
+    if client is None:
+        client = clients[url] = AsyncRedis.from_url(
+            url, socket_connect_timeout=3, health_check_interval=30
+        )
+    return client
+
+
+def _owner_from_database(url: str, plain: str) -> str | None:
+    with session_factory(url)() as session:
+        return keys.owner_of(session, plain)
+
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `prunesearch keys create`.")
 
 
-def get_owner(
+async def get_owner(
     settings: SettingsDep,
-    session: SessionDep,
-    redis: RedisDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """Who is asking: the owner of the Bearer key, or ``local`` when auth is off.
@@ -75,14 +117,18 @@ def get_owner(
     Raises 401 (with ``WWW-Authenticate: Bearer``) for a missing, malformed,
     unknown or revoked key; the reason is the same for all of them. Each key
     may make ``rate_limit`` requests in any sliding minute; beyond that, 429
-    with ``Retry-After`` (:mod:`service.ratelimit`).
+    with ``Retry-After`` (:mod:`service.ratelimit`). A key seen valid in the last
+    ``keys.KEY_CACHE_TTL_S`` seconds is not looked up again.
     """
     if settings.auth == "none":
         owner, subject = LOCAL_OWNER, LOCAL_OWNER
     else:
         owner = None
         if credentials is not None and credentials.scheme.lower() == "bearer":
-            owner = keys.owner_of(session, credentials.credentials)
+            plain = credentials.credentials
+            owner = keys.cached_owner(plain)
+            if owner is None:
+                owner = await run_in_threadpool(_owner_from_database, settings.database_url, plain)
         if owner is None:
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
@@ -92,7 +138,9 @@ def get_owner(
         assert credentials is not None  # owner_of found the key
         subject = digest(credentials.credentials)[:16]
     if settings.rate_limit > 0:
-        wait = retry_after(redis, subject, settings.rate_limit)
+        wait = await retry_after_async(
+            _async_redis(settings.redis_url), subject, settings.rate_limit
+        )
         if wait is not None:
             raise HTTPException(
                 status_code=status.HTTP_429_TOO_MANY_REQUESTS,
