@@ -72,8 +72,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Idle keep-alive connections are closed after KEEP_ALIVE_S: longer than the
     # 5 s default, so that a polling client rarely reuses one the server is
     # closing at that very moment (the client then sees a connection reset).
+    # httptools and uvloop (dependencies) are picked up by uvicorn's "auto"; the
+    # access log costs a formatted line per poll, so it is off unless asked for.
     common = {"host": args.host, "port": args.port, "log_level": "info"}
     common["timeout_keep_alive"] = KEEP_ALIVE_S
+    common["access_log"] = args.access_log
     if args.workers == 1:
         uvicorn.run(create_app(settings), **common)
     else:  # each process builds its own app from the same environment
@@ -322,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="API processes (each uses one core; rate limits and the reconciler lock are "
         "shared through Redis)",
     )
+    p.add_argument("--access-log", action="store_true", help="log every request (default off)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a queue worker that owns one device")
