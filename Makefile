@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
 
-.PHONY: setup system-deps demo test lint serve worker bench clean
+.PHONY: setup system-deps demo test lint serve worker bench fuzz clean
 
 setup: system-deps $(STAMP)
 
@@ -59,6 +59,13 @@ bench: setup
 	$(BIN)/python bench/trial_overhead.py service examples/digits.yaml --workers 2 --json bench/results/trial_overhead-digits-service.json
 	$(BIN)/python bench/trial_overhead.py service examples/fashion_mnist.yaml --workers 2 --json bench/results/trial_overhead-demo-service.json
 	test ! -f $(OUT)/result.json || $(BIN)/python bench/trial_overhead.py analyze $(OUT) --json bench/results/trial_overhead-demo.json
+
+# Schemathesis with new random requests every run (`make test` runs the derandomized
+# ones), on SQLite and PostgreSQL; prints each operation's case count. Not in `make test`:
+# about twice its requests. PRUNESEARCH_FUZZ_EXAMPLES (default 50) per operation, mode and
+# kind of id; PRUNESEARCH_FUZZ_SEED repeats a run. Figures: docs/reliability.md.
+fuzz: setup
+	PRUNESEARCH_FUZZ=1 $(BIN)/pytest -q -s --durations=3 tests/service/test_schemathesis.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

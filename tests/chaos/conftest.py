@@ -1,5 +1,5 @@
-"""The chaos tests share the integration tests' real Redis."""
+"""The chaos tests share the integration tests' real Redis and database backends."""
 
-from tests.integration.conftest import redis_base
+from tests.integration.conftest import backend, dbs, redis_base
 
-__all__ = ["redis_base"]
+__all__ = ["backend", "dbs", "redis_base"]

@@ -5,7 +5,10 @@ after the restart the same key works, an ``Idempotency-Key`` replay finds
 the first job, what was scored before is served unchanged, the reconciler
 of the new process (its first pass comes seconds after the start, while the
 job still searches) checks the healthy job and requeues nothing, and it
-ends ``done`` with every slot counted once.
+ends ``done`` with every slot counted once. On SQLite and PostgreSQL (our
+tables and the Optuna storage); on PostgreSQL the test ends once the new
+process's reconciler has checked the job (the rest of the search is the
+workers', untouched by the restart, and costs a minute).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _finished(stack: Stack, job_id: str) -> dict[int, tuple[str, float | None]]:
     return {c["id"]: (c["status"], c["score"]) for c in items if c["status"] != "running"}
 
 
-def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
+def test_an_api_restart_mid_search_changes_nothing(stack: Stack, backend: str) -> None:
     stack.worker("a")
     spec = _slow_spec("chaos-api", 12)
     # Seconds a trial, so that it still searches when the new API's first pass comes.
@@ -66,11 +69,14 @@ def test_an_api_restart_mid_search_changes_nothing(stack: Stack) -> None:
         time.sleep(0.5)
     assert done["checked"] == 1 and done["requeued"] == {}, done  # it saw the job, left it
     assert stack.api.get(f"/v1/jobs/{job_id}").json()["status"] == "searching"
+    pass_s = (datetime.fromisoformat(done["at"]) - restarted).total_seconds()
+    if backend != "sqlite":
+        print(f"\n{backend}: API SIGKILL and restart: the first pass came {pass_s:.1f} s after it")
+        return
 
     _wait_done(stack, job_id, timeout=300)
     _check_books(stack, job_id, 12, set())
     assert "requeued" not in (stack.logs / "api.log").read_text()
-    pass_s = (datetime.fromisoformat(done["at"]) - restarted).total_seconds()
     print(
         "\nAPI SIGKILL and restart: lost 0, duplicated 0, the job never stopped; the new "
         f"process's first reconciler pass came {pass_s:.1f} s after the restart, requeued nothing"

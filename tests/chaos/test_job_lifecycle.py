@@ -7,7 +7,8 @@ the baseline: ``DELETE`` answers 409 while that task runs, the task stops
 within seconds of the cancel, and once ``DELETE`` succeeds nothing of the
 job comes back (no baseline file, no Optuna study, no RQ record, no retry).
 A task whose job row vanishes under it (a server without the 409) stops the
-same way and removes what it wrote.
+same way and removes what it wrote. The first runs on SQLite and PostgreSQL (our
+tables and the Optuna storage), the second on SQLite.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import redis
 
 from core.db import repo
 from core.db.session import session_factory, session_scope
-from core.settings import Settings
 from search.study import storage, study_name
 from tests.chaos.test_redis_restart import RedisProcess, own_redis
 from tests.chaos.test_worker_death import Stack
-from tests.integration.conftest import tiny_spec
+from tests.integration.conftest import SQLITE_ONLY, tiny_spec
+from tests.postgres import Databases
 
 __all__ = ["own_redis"]
 
@@ -37,9 +38,11 @@ SETTLE_S = 8.0  # how long the test watches for anything coming back
 
 
 @contextmanager
-def stack_on(tmp_path: Path, server: RedisProcess, workers: tuple[str, ...]) -> Iterator[Stack]:
+def stack_on(
+    tmp_path: Path, server: RedisProcess, dbs: Databases, workers: tuple[str, ...]
+) -> Iterator[Stack]:
     """The API and ``workers`` on a Redis of their own, stopped afterwards."""
-    stack = Stack(tmp_path, f"{server.url}/0")
+    stack = Stack(tmp_path, f"{server.url}/0", dbs)
     try:
         stack.wait_ready()
         for name in workers:
@@ -50,8 +53,8 @@ def stack_on(tmp_path: Path, server: RedisProcess, workers: tuple[str, ...]) -> 
 
 
 @pytest.fixture
-def solo(tmp_path: Path, own_redis: RedisProcess) -> Iterator[Stack]:
-    with stack_on(tmp_path, own_redis, ("a",)) as stack:
+def solo(tmp_path: Path, own_redis: RedisProcess, dbs: Databases) -> Iterator[Stack]:
+    with stack_on(tmp_path, own_redis, dbs, ("a",)) as stack:
         yield stack
 
 
@@ -83,7 +86,7 @@ def _wait_idle(stack: Stack) -> None:
 
 def _leftovers(stack: Stack, job_id: str) -> dict[str, Any]:
     """Whatever of the job still exists: files, study, RQ keys."""
-    settings = Settings(home=stack.home)
+    settings = stack.settings()
     job_dir = settings.artifact_dir / job_id if settings.artifact_dir else None
     try:
         optuna.load_study(study_name=study_name(job_id), storage=storage(settings.optuna_url))
@@ -127,12 +130,12 @@ def test_delete_waits_for_the_running_task_of_a_cancelled_job(solo: Stack) -> No
     print(f"\ncancel mid-prepare: the task stopped and DELETE succeeded {stopped_s:.1f} s later")
 
 
+@SQLITE_ONLY
 def test_a_task_whose_job_row_vanishes_stops_and_removes_what_it_wrote(solo: Stack) -> None:
     job_id = solo.api.post("/v1/jobs", json=_long_prepare("vanish")).json()["id"]
     _wait_training(solo, job_id)
 
-    settings = Settings(home=solo.home)
-    with session_scope(session_factory(settings.database_url)) as s:  # behind the API's back
+    with session_scope(session_factory(solo.dbs.database_url)) as s:  # behind the API's back
         repo.delete_job(s, job_id)
     _wait_idle(solo)
     time.sleep(SETTLE_S)

@@ -5,7 +5,7 @@ everything, the worst case) serves the API and two workers. Mid-search it is
 killed and started again empty; ``prunesearch reconcile`` (one pass of what
 the API does every 30 s) requeues the job's unfinished slots and its
 finalize from what the database says, and the job ends ``done`` with every
-slot counted once.
+slot counted once. On SQLite and PostgreSQL (our tables and the Optuna storage).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.test_worker_death import CLI, Stack, _check_books, _slow_spec, _wait_done
+from tests.postgres import Databases
 from tests.support import free_port, redis_answers
 
 
@@ -58,8 +59,10 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         server.kill()
 
 
-def test_a_redis_restart_loses_no_job(tmp_path: Path, own_redis: RedisProcess) -> None:
-    stack = Stack(tmp_path, f"{own_redis.url}/0")
+def test_a_redis_restart_loses_no_job(
+    tmp_path: Path, own_redis: RedisProcess, dbs: Databases
+) -> None:
+    stack = Stack(tmp_path, f"{own_redis.url}/0", dbs)
     try:
         stack.wait_ready()
         stack.worker("a")

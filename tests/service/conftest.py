@@ -10,9 +10,6 @@ reached or started the PostgreSQL variants fail, unless
 from __future__ import annotations
 
 import contextlib
-import os
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,12 @@ from typing import Any
 import psycopg
 import pytest
 from redis import Redis
-from sqlalchemy import make_url
 from sqlalchemy.orm import Session
 
 from core.db.session import dispose_all, migrate, session_factory
-from tests.support import redis_server, start_postgres_cluster
+from tests.postgres import BACKENDS, fresh_database, libpq, skip_if_off
+from tests.support import redis_server
 
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_TEST_DB = 15
 # The smallest job the API accepts and no worker needs to run: tests that only submit share it.
 SPEC: dict[str, Any] = {
@@ -38,67 +34,29 @@ SPEC: dict[str, Any] = {
 }
 
 
-def _libpq(url: str) -> str:
-    """The plain libpq form of a SQLAlchemy URL (psycopg does not take ``+psycopg``)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _postgres_error(url: str) -> str | None:
-    try:
-        with psycopg.connect(_libpq(url), connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip()
-
-
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """URL of a fresh, uniquely named PostgreSQL database for this test session."""
-    admin = os.environ.get("PRUNESEARCH_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
-    error = _postgres_error(admin)
-    if error is not None:
-        start_error = start_postgres_cluster()
-        deadline = time.monotonic() + 20
-        while error is not None and start_error is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            error = _postgres_error(admin)
-        if error is not None:
-            pytest.fail(
-                f"PostgreSQL is not reachable at {admin} ({error}); starting it failed: "
-                f"{start_error or 'it started but still does not answer'}. Set "
-                "PRUNESEARCH_TEST_POSTGRES_URL to a reachable server, or "
-                "PRUNESEARCH_TEST_POSTGRES=off to run the SQLite variants only."
-            )
-    name = f"prunesearch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_all()
-        with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as url:
+        yield url
 
 
 def _empty_schema(url: str) -> None:
     """Drop everything a test created, so the next test starts from an empty database."""
     dispose_all()
-    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty (not yet migrated) database on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'prunesearch.db'}"
         dispose_all()
         return
-    if os.environ.get("PRUNESEARCH_TEST_POSTGRES", "").lower() == "off":
-        pytest.skip("PostgreSQL variant turned off (PRUNESEARCH_TEST_POSTGRES=off)")
+    skip_if_off()
     url: str = request.getfixturevalue("postgres_database")
     _empty_schema(url)
     yield url
