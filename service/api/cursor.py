@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 # What the query parameter accepts (FastAPI answers anything else with a 422 naming ``since``).
 PATTERN = r"^[re]?\d{1,15}(\.\d{1,15})*$"  # bounded by the max_length
+# Candidate ids are 32-bit integers in the database: a larger one in a cursor is not a
+# candidate this server made, and PostgreSQL would refuse to compare with it (a 500).
+MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,19 @@ class Cursor:
         ended = text.startswith("e")
         first, *rest = text.lstrip("re").split(".")
         return cls(next=int(first), running=tuple(int(i) for i in rest), ended=ended)
+
+    @classmethod
+    def check(cls, text: str | None) -> str | None:
+        """``text`` unchanged when every id in it is a possible candidate id (a validator).
+
+        Raises:
+            ValueError: An id above :data:`MAX_ID` (FastAPI answers 422 naming ``since``).
+        """
+        if text is not None:
+            cursor = cls.parse(text)
+            if max((cursor.next, *cursor.running)) > MAX_ID:
+                raise ValueError(f"candidate ids in a cursor are at most {MAX_ID}")
+        return text
 
     def __str__(self) -> str:
         return ("e" if self.ended else "r") + ".".join(map(str, (self.next, *self.running)))

@@ -84,14 +84,6 @@ SPEC: dict[str, Any] = {
     "target": {"flops_ratio": 0.5},
     "search": {"n_trials": 2},
 }
-# Server errors these tests found and nobody has fixed yet: reported as XFAIL (XPASS once
-# fixed: then delete the entry). docs/reliability.md lists them.
-KNOWN_BUGS = {
-    ("postgresql", "GET", "/v1/jobs/{job_id}/candidates"): (
-        "a since= cursor id beyond 2**31-1 (e.g. since=r2147483648) is a 500 on PostgreSQL: "
-        "candidates.id is INTEGER and service.api.cursor does not bound the ids"
-    ),
-}
 # The operations, read from an app that is never started (collection needs them by name).
 OPERATIONS = [
     (method.upper(), path)
@@ -211,8 +203,6 @@ def _bounded(body: Any) -> Any:
 def test_no_generated_request_is_a_server_error_or_undeclared(
     api: Api, method: str, path: str, request: pytest.FixtureRequest
 ) -> None:
-    if (api.backend, method, path) in KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[api.backend, method, path]))
     operation = api.schema[path][method]
     names = re.findall(r"\{(\w+)\}", path)
     rounds: list[tuple[GenerationMode, dict[str, str] | None]] = [(GenerationMode.POSITIVE, None)]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
 from sqlalchemy.exc import IntegrityError
 
 from core.db import repo
@@ -265,6 +266,7 @@ def list_candidates(
             description="A next_since from an earlier reply (0 to start): only candidates "
             "created or changed since, oldest first (order and offset do not apply).",
         ),
+        AfterValidator(Cursor.check),
     ] = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
