@@ -71,6 +71,14 @@ def test_every_module_is_served_as_javascript_and_reached_from_the_entry(
     assert app_client.get("/static/index.html").status_code == 404  # the page is served at /
 
 
+def test_a_current_copy_of_a_file_is_a_304(app_client: TestClient) -> None:
+    etag = app_client.get("/static/app.js").headers["ETag"]
+    for sent in (etag, f"W/{etag}", f'"other", {etag}'):
+        reply = app_client.get("/static/app.js", headers={"If-None-Match": sent})
+        assert reply.status_code == 304 and reply.headers["ETag"] == etag
+    assert app_client.get("/static/app.js", headers={"If-None-Match": '"other"'}).status_code == 200
+
+
 @pytest.mark.parametrize("path", sorted(STATIC_DIR.glob("*.js")), ids=lambda p: p.name)
 def test_each_module_is_small_and_imports_only_what_it_needs(path: Path) -> None:
     source = path.read_text()

@@ -17,11 +17,12 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 
-from service.dashboard import FILES, STATIC_DIR
+from service.api.conditional import matches
+from service.dashboard import FILES, MEDIA_TYPES, STATIC_DIR
 
 router = APIRouter(include_in_schema=False)
 
-JS = "text/javascript; charset=utf-8"
+JS = MEDIA_TYPES[".js"]
 # Everything the page loads comes from this server; plotly draws with inline
 # styles and exports PNGs as data: URLs, downloads are blob: URLs.
 CSP = (
@@ -57,8 +58,7 @@ def _file(request: Request, path: Path, media_type: str, **headers: str) -> Resp
         "Cache-Control": "no-cache",
         "X-Content-Type-Options": "nosniff",
     }
-    wanted = request.headers.get("if-none-match", "")
-    if etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")):
+    if matches(etag, request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
 
