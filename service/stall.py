@@ -18,7 +18,8 @@ The API's job view, the job list, ``/metrics`` and the dashboard all ask
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +30,10 @@ from core.db.models import CandidateStatus, Job, JobStatus
 from core.settings import Settings
 
 RECENT = 51  # finished trials the median is taken over (odd: a true middle)
+# A searching job's view changes with time alone (its stall), not only with its writes: the
+# ETag of such a view holds the current window of this many seconds (service.api.conditional),
+# so a poll rebuilds it at most this often; far below any stall threshold (stall_floor_s).
+REFRESH_S = 5.0
 TrialTimes = tuple[CandidateStatus, datetime, datetime]  # status, started_at, finished_at
 
 
@@ -39,6 +44,13 @@ class Stall:
     idle_s: float
     threshold_s: float
     median_trial_s: float | None
+
+
+def window(statuses: Iterable[JobStatus]) -> int | None:
+    """The current :data:`REFRESH_S` window when one of ``statuses`` is searching, else None."""
+    if any(status == JobStatus.searching for status in statuses):
+        return int(time.time() // REFRESH_S)
+    return None
 
 
 def _utc(value: datetime) -> datetime:

@@ -155,6 +155,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+    version: Mapped[int] = mapped_column(
+        Integer,
+        default=0,
+        server_default="0",
+        doc="raised by every write of the job or of its candidates (core.db.repo): what the "
+        "API's ETags are made of, so a poll that finds nothing new costs one small read",
+    )
 
     candidates: Mapped[list[Candidate]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True

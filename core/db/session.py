@@ -33,6 +33,13 @@ from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connections kept open per engine: anyio's thread limit, so that every thread of the API's
+# pool can hold one. With SQLAlchemy's default (5, overflow 10) 32 polling clients made it
+# open and close a connection on most requests (a SQLite connect runs four PRAGMAs; a
+# PostgreSQL one is a login): 14% of the API's CPU in bench/load.py. A pool only grows to
+# the concurrency it meets, so a worker still holds one or two.
+POOL_SIZE = 40
+POOL_OVERFLOW = 20
 # Arbitrary but fixed: the key of the PostgreSQL advisory lock held while migrating.
 _PG_MIGRATION_LOCK = 0x70727300
 
@@ -77,11 +84,21 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         _ensure_parent(parsed)
         connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+        engine = create_engine(parsed, connect_args=connect_args, **_pooled(kwargs, parsed))
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **kwargs)
+    return create_engine(parsed, **_pooled(kwargs, parsed))
+
+
+def _pooled(kwargs: dict[str, Any], url: URL) -> dict[str, Any]:
+    """``kwargs`` with the pool's size (see :data:`POOL_SIZE`), where the pool is a queue.
+
+    Not for another pool asked for, nor an in-memory SQLite (one connection per thread).
+    """
+    if "poolclass" in kwargs or (url.get_backend_name() == "sqlite" and not _sqlite_file(url)):
+        return kwargs
+    return {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, **kwargs}
 
 
 _FACTORIES: dict[str, sessionmaker[Session]] = {}

@@ -1,12 +1,15 @@
 """Conditional GETs: an ETag on the polled reads, and a 304 when the caller's copy is current.
 
 Dashboards poll a job, the job list and the candidates every few seconds, and most polls find
-nothing new. The tag is a hash of the serialized body, so it changes exactly when the body
-would (no field can be forgotten, as one built from timestamps could), and a match costs the
-queries but not the transfer or the client's parsing. The owner is hashed in as well, so the
-same empty list of two owners never shares a tag: a tag says nothing about anyone else's data.
-Authentication and the owner's 404 run as dependencies before any of this, so a 304 is only
-ever the answer to a caller who may see the body.
+nothing new. A tag is made of what the view is made of, not of its bytes: the ``version`` of
+each job in it (raised in SQL by every write of the job or of its candidates, see
+:mod:`core.db.repo.jobs`), the request's query, and for a searching job the current
+:data:`service.stall.REFRESH_S` window (its stall grows with time alone). So a poll that finds
+nothing new reads one small row and answers 304 without building the view; a tag from a
+version read before the view was built can only make the next poll fetch once more. The owner
+is hashed in as well, so the same empty list of two owners never shares a tag: a tag says
+nothing about anyone else's data. Authentication and the owner's 404 run first (dependencies,
+and the version read itself), so a 304 is only ever the answer to a caller who may see the body.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ IfNoneMatch = Annotated[
 ]
 
 
-def etag_of(body: bytes, owner: str) -> str:
-    """A weak tag of ``body`` as ``owner`` sees it (weak: it names content, not bytes on wire)."""
-    digest = hashlib.blake2b(body, digest_size=16, person=b"prunesearch-etag")
+def etag_of(owner: str, *parts: object) -> str:
+    """A weak tag of the view that ``parts`` determine, as ``owner`` sees it.
+
+    Weak: it names the content, not the bytes on the wire. ``parts`` are ints, strings and
+    None, whose ``repr`` is stable.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=16, person=b"prunesearch-etag")
     digest.update(b"\0" + owner.encode())
     return f'W/"{digest.hexdigest()}"'
 
@@ -54,14 +61,17 @@ def matches(etag: str, if_none_match: str | None) -> bool:
     return "*" in wanted or etag.removeprefix("W/") in wanted
 
 
-def conditional(model: BaseModel, owner: str, if_none_match: str | None) -> Response:
-    """``model`` as JSON with its ETag, or an empty 304 when the caller's tag matches.
+def _headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Authorization"}
 
-    The body is serialized once, here, and that same serialization is hashed and sent.
-    """
-    body = model.model_dump_json().encode()
-    etag = etag_of(body, owner)
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Authorization"}
-    if matches(etag, if_none_match):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+
+def not_modified(etag: str, if_none_match: str | None) -> Response | None:
+    """An empty 304 when the caller's copy is ``etag``'s; None when the view must be built."""
+    if not matches(etag, if_none_match):
+        return None
+    return Response(status_code=304, headers=_headers(etag))
+
+
+def tagged(model: BaseModel, etag: str) -> Response:
+    """``model`` as JSON, with the ETag of what it was built from."""
+    return Response(model.model_dump_json(), media_type="application/json", headers=_headers(etag))

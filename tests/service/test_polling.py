@@ -5,18 +5,22 @@ On both database backends and a real Redis, through the app with API keys, as a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from core.db import repo
 from core.db.models import CandidateStatus, JobStatus
 from core.db.session import session_factory
 from core.settings import Settings
 from core.spec import JobSpec
+from service import stall
 from tests.service.conftest import add_key, keyed_client
 
 SPEC: dict[str, Any] = {
@@ -108,6 +112,95 @@ def test_304_needs_a_key_and_never_crosses_owners(
         assert theirs.status_code == 200  # bob's (empty) list has a tag of its own
         assert theirs.json()["items"] == []
         assert theirs.headers["etag"] != etag
+
+
+def _version(settings: Settings, job_id: str) -> int:
+    with session_factory(settings.database_url)() as s:
+        return repo.job_version(s, job_id, "alice").version
+
+
+WRITES: dict[str, Callable[[Session, str, int], object]] = {
+    "add_candidate": lambda s, job, _c: repo.add_candidate(
+        s,
+        job,
+        trial_number=9,
+        key="k9",
+        ratios=[1.0],
+        proposed=[1.0],
+        counts=[8],
+        flops=1.0,
+        params=1.0,
+    ),
+    "finish_candidate": lambda s, _job, cand: repo.finish_candidate(s, cand, score=0.5),
+    "set_rungs": lambda s, _job, cand: repo.set_rungs(s, cand, {"short": 0.5}),
+    "mark_lost": lambda s, _job, cand: repo.mark_lost(s, cand, "worker died"),
+    "update_job": lambda s, job, _c: repo.update_job(s, job, timings={"x": 1.0}),
+    "transition": lambda s, job, _c: repo.transition(
+        s, job, JobStatus.preparing, allowed_from={JobStatus.queued}
+    ),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_every_write_of_a_job_or_its_candidates_raises_its_version_alone(
+    client: TestClient, settings: Settings, write: str
+) -> None:
+    """The ETags are made of the version: a write that did not raise it would be a stale 304.
+
+    (``client`` is here for the migrated database it comes with.)
+    """
+    job_id, other = _job(settings), _job(settings)
+    cand = _candidate(settings, job_id, 0)
+    before, other_before = _version(settings, job_id), _version(settings, other)
+    with session_factory(settings.database_url)() as s:
+        WRITES[write](s, job_id, cand)
+    assert _version(settings, job_id) == before + 1
+    assert _version(settings, other) == other_before
+
+
+@pytest.mark.parametrize(("path", "statements"), list(zip(POLLED, [1, 2, 1], strict=True)))
+def test_a_poll_that_finds_nothing_new_reads_only_the_versions(
+    client: TestClient, settings: Settings, path: str, statements: int
+) -> None:
+    """A 304 is decided before the view is built: the job's version (and the list's count)."""
+    job_id = _job(settings)
+    _finish(settings, _candidate(settings, job_id, 0))
+    url = path.format(id=job_id)
+    etag = client.get(url).headers["etag"]
+    engine = session_factory(settings.database_url).kw["bind"]
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        seen.append(sql)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+        unchanged = len(seen)
+        assert client.get(url).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert unchanged == statements, seen[:unchanged]
+    assert len(seen) > 2 * unchanged  # the whole view costs more than the versions
+
+
+def test_a_searching_job_is_rebuilt_once_per_window(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stall grows with time alone, so its tag holds the REFRESH_S window too."""
+    job_id = _job(settings)
+    clock = [1000.0 * stall.REFRESH_S]
+    monkeypatch.setattr(stall, "time", SimpleNamespace(time=lambda: clock[0]))
+    url = f"/v1/jobs/{job_id}"
+    queued = client.get(url).headers["etag"]
+    clock[0] += stall.REFRESH_S
+    assert client.get(url, headers={"If-None-Match": queued}).status_code == 304
+    with session_factory(settings.database_url)() as s:
+        repo.transition(s, job_id, JobStatus.searching, allowed_from={JobStatus.queued})
+    searching = client.get(url).headers["etag"]
+    assert client.get(url, headers={"If-None-Match": searching}).status_code == 304
+    clock[0] += stall.REFRESH_S
+    assert client.get(url, headers={"If-None-Match": searching}).status_code == 200
 
 
 def _since(client: TestClient, job_id: str, since: str, **params: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Candidate, CandidateStatus, utcnow
 from core.db.repo.fields import check_fields
-from core.db.repo.jobs import get_job
+from core.db.repo.jobs import bump, get_job
 from core.errors import CandidateNotFound, DuplicateCandidate
 
 FINISHED_CANDIDATES = frozenset(
@@ -44,6 +44,7 @@ def add_candidate(session: Session, job_id: str, **fields: Any) -> Candidate:
     candidate = Candidate(job_id=job_id, **fields)
     session.add(candidate)
     try:
+        bump(session, job_id)  # flushes the insert first: a duplicate trial fails here
         session.commit()
     except IntegrityError as exc:
         session.rollback()
@@ -72,6 +73,7 @@ def finish_candidate(session: Session, candidate_id: int, **fields: Any) -> Cand
         .where(Candidate.id == candidate_id, Candidate.status != CandidateStatus.lost)
         .values(**fields)
     )
+    bump(session, _job_of(candidate_id))
     session.commit()
     candidate = session.get(Candidate, candidate_id, populate_existing=True)
     if candidate is None:
@@ -86,6 +88,7 @@ def set_rungs(session: Session, candidate_id: int, rungs: dict[str, Any]) -> Non
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise CandidateNotFound(candidate_id)
+    bump(session, _job_of(candidate_id))
     session.commit()
 
 
@@ -341,4 +344,10 @@ def mark_lost(session: Session, candidate_id: int, reason: str) -> None:
         .where(Candidate.id == candidate_id, Candidate.status == CandidateStatus.running)
         .values(status=CandidateStatus.lost, error=reason, finished_at=utcnow())
     )
+    bump(session, _job_of(candidate_id))
     session.commit()
+
+
+def _job_of(candidate_id: int) -> Any:
+    """The candidate's job id, as a subquery for :func:`core.db.repo.jobs.bump`."""
+    return select(Candidate.job_id).where(Candidate.id == candidate_id).scalar_subquery()

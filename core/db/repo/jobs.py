@@ -4,10 +4,16 @@ A job's state changes only through :func:`transition`, which is where the
 rule "which state may follow which" is enforced for the API and the workers
 alike. The ``Idempotency-Key`` lookup lives here too, since the key is a
 column of the job it created.
+
+Every write here and in :mod:`core.db.repo.candidates` raises the job's
+``version`` in the same transaction (:func:`bump`), in SQL (``version + 1``),
+so two writers never both write the same number. The API's ETags are made of
+it: :func:`job_versions` is all a poll that finds nothing new reads.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -18,7 +24,7 @@ from core.db.repo.fields import check_fields
 from core.errors import InvalidTransition, JobNotFound
 from core.spec import JobSpec
 
-_JOB_FIELDS = frozenset(Job.__table__.columns.keys()) - {"id", "status", "created_at"}
+_JOB_FIELDS = frozenset(Job.__table__.columns.keys()) - {"id", "status", "created_at", "version"}
 
 
 def create_job(
@@ -67,6 +73,46 @@ def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     if job is None or (owner is not None and job.owner != owner):
         raise JobNotFound(job_id)
     return job
+
+
+@dataclass(frozen=True)
+class JobVersion:
+    """What a job's ETag is made of: which job, its change counter, and its state."""
+
+    id: str
+    version: int
+    status: JobStatus
+
+
+def job_version(session: Session, job_id: str, owner: str) -> JobVersion:
+    """The job's :class:`JobVersion`, read without its JSON columns; raises :class:`JobNotFound`."""
+    stmt = select(Job.id, Job.version, Job.status).where(Job.id == job_id, Job.owner == owner)
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        raise JobNotFound(job_id)
+    return JobVersion(*row)
+
+
+def job_versions(
+    session: Session, *, limit: int, offset: int, status: JobStatus | None, owner: str
+) -> list[JobVersion]:
+    """:func:`list_jobs`'s page as :class:`JobVersion` rows (one small query)."""
+    stmt = select(Job.id, Job.version, Job.status)
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    return [JobVersion(*row) for row in session.execute(_jobs_where(stmt, owner, status))]
+
+
+def bump(session: Session, job_id: Any) -> None:
+    """Raise the job's ``version`` in the caller's transaction (``job_id`` may be a subquery).
+
+    ``updated_at`` is kept: it is the job's own last change, not its candidates'.
+    """
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(version=Job.version + 1, updated_at=Job.updated_at)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def find_idempotent(session: Session, owner: str, key: str) -> Job | None:
@@ -150,7 +196,7 @@ def transition(
     if current not in allowed_from:
         session.rollback()
         raise InvalidTransition(job_id, str(current), str(to))
-    values: dict[str, Any] = {"status": to, "updated_at": utcnow()}
+    values: dict[str, Any] = {"status": to, "updated_at": utcnow(), "version": Job.version + 1}
     if error is not None:
         values["error"] = error
     result = session.execute(
@@ -181,5 +227,6 @@ def update_job(session: Session, job_id: str, **fields: Any) -> Job:
     job = get_job(session, job_id)
     for name, value in fields.items():
         setattr(job, name, value)
+    job.version = Job.version + 1  # in SQL: see the module docstring
     session.commit()
     return job

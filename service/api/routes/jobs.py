@@ -32,7 +32,7 @@ from core.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 from core.settings import Settings
 from core.spec import JobSpec
 from search import Point, pareto_front
-from service.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional
+from service.api.conditional import NOT_MODIFIED, IfNoneMatch, etag_of, not_modified, tagged
 from service.api.cursor import PATTERN, Cursor
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import Responses, raises
@@ -50,7 +50,7 @@ from service.cleanup import purge_job
 from service.datasets import dataset_classes
 from service.modelcheck import check_job_model, spec_classes
 from service.quotas import admission
-from service.stall import job_stall, stalls
+from service.stall import job_stall, stalls, window
 from service.uploads import check_job_weights
 
 Priority = Literal["interactive", "overnight"]
@@ -170,6 +170,13 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
 ) -> Response:
     """The caller's jobs, newest first; a 304 when the page is what If-None-Match names."""
+    shown = repo.job_versions(session, limit=limit, offset=offset, status=status, owner=owner)
+    total = repo.count_jobs(session, status, owner=owner)
+    parts = [(j.id, j.version) for j in shown]
+    clock = window(j.status for j in shown)
+    etag = etag_of(owner, "jobs", limit, offset, status, total, parts, clock)
+    if (unchanged := not_modified(etag, if_none_match)) is not None:
+        return unchanged
     jobs = repo.list_jobs(session, limit=limit, offset=offset, status=status, owner=owner)
     ids = [job.id for job in jobs]  # two queries for the page, not two per job
     done, best = repo.finished_counts(session, ids), repo.best_candidates(session, ids)
@@ -178,9 +185,7 @@ def list_jobs(
         JobPublic.of(job, (done[job.id], job.n_trials), best.get(job.id), stalled.get(job.id))
         for job in jobs
     ]
-    total = repo.count_jobs(session, status, owner=owner)
-    page = Page[JobPublic](items=items, total=total, limit=limit, offset=offset)
-    return conditional(page, owner, if_none_match)
+    return tagged(Page[JobPublic](items=items, total=total, limit=limit, offset=offset), etag)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_MODIFIED)
@@ -195,8 +200,11 @@ def get_job(
 
     A 304 when it is what If-None-Match names; another owner's job is a 404 first.
     """
-    job = _job_public(session, repo.get_job(session, job_id, owner), settings)
-    return conditional(job, owner, if_none_match)
+    seen = repo.job_version(session, job_id, owner)
+    etag = etag_of(owner, "job", seen.id, seen.version, window([seen.status]))
+    if (unchanged := not_modified(etag, if_none_match)) is not None:
+        return unchanged
+    return tagged(_job_public(session, repo.get_job(session, job_id, owner), settings), etag)
 
 
 @router.post(
@@ -274,6 +282,11 @@ def list_candidates(
 
     With ``since=``, only what changed since that reply, and the cursor for the next poll.
     """
+    seen = repo.job_version(session, job_id, owner)
+    query = (limit, offset, order, status, min_accuracy, max_flops_ratio, max_params_ratio)
+    etag = etag_of(owner, "candidates", seen.id, seen.version, *query, worker, since)
+    if (unchanged := not_modified(etag, if_none_match)) is not None:
+        return unchanged
     job = repo.get_job(session, job_id, owner)
     costs = BaseCosts.of(job)
     where = repo.CandidateFilter(
@@ -284,15 +297,14 @@ def list_candidates(
         worker=worker,
     )
     if since is not None:
-        page = _changed(session, job, Cursor.parse(since), limit, where)
-        return conditional(page, owner, if_none_match)
+        return tagged(_changed(session, job, Cursor.parse(since), limit, where), etag)
     rows = repo.list_candidates(
         session, job_id, limit=limit, offset=offset, order_by=order, where=where
     )
     items = [CandidatePublic.of(c, costs) for c in rows]
     total = repo.count_candidates(session, job_id, where=where)
     page = CandidatePage(items=items, total=total, limit=limit, offset=offset)
-    return conditional(page, owner, if_none_match)
+    return tagged(page, etag)
 
 
 def _changed(
