@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.db import repo
+from core.db.models import LOCAL_OWNER
 from core.db.session import migrate, session_factory, session_scope
 from core.settings import Settings
 from core.spec import JobSpec
@@ -42,11 +43,23 @@ def local_settings(out: Path, device: str) -> Settings:
     )
 
 
-def run_local(spec: JobSpec, out: Path, *, device: str = "cpu", progress: bool = True) -> dict:
+def run_local(
+    spec: JobSpec,
+    out: Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    weights: Path | None = None,
+) -> dict:
     """Run ``spec`` to the end and return the job (as the API would show it).
 
     The exported files are copied to ``out`` itself; the job's folder under
-    ``out/artifacts`` keeps the baseline too.
+    ``out/artifacts`` keeps the baseline too. ``weights`` (a safetensors file of
+    the spec's network) is registered as an upload with the checks of
+    ``POST /v1/weights`` and becomes the baseline: nothing is pretrained.
+
+    Raises:
+        InvalidInput: ``weights`` do not fit the spec's network and dataset.
     """
     from workers import tasks  # the CLI side may import workers; the API never does
 
@@ -54,6 +67,8 @@ def run_local(spec: JobSpec, out: Path, *, device: str = "cpu", progress: bool =
     settings = local_settings(out, device)
     migrate(settings.database_url)
     factory = session_factory(settings.database_url)
+    if weights is not None:
+        spec = with_weights(spec, settings, weights)
     with session_scope(factory) as s:
         job_id = repo.create_job(s, spec, queue="local").id
 
@@ -85,6 +100,27 @@ def run_local(spec: JobSpec, out: Path, *, device: str = "cpu", progress: bool =
             if (job_dir / name).exists():
                 shutil.copy2(job_dir / name, out / name)
     return job
+
+
+def with_weights(spec: JobSpec, settings: Settings, weights: Path) -> JobSpec:
+    """``spec`` starting from the file ``weights``, uploaded into ``settings``' home."""
+    from service.uploads import add_upload
+    from workers.steps.context import load_splits
+
+    splits = load_splits(spec, settings, "cpu")  # the shapes the weights must have
+    with session_factory(settings.database_url)() as s:
+        upload = add_upload(
+            s,
+            settings,
+            owner=LOCAL_OWNER,
+            source=weights,
+            arch=spec.model.arch,
+            in_channels=splits.in_channels,
+            num_classes=splits.num_classes,
+            input_size=splits.size,
+        )
+    model = spec.model.model_copy(update={"weights": upload.id})
+    return spec.model_copy(update={"model": model})
 
 
 def _job(factory: Any, job_id: str) -> dict:

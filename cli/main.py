@@ -43,9 +43,17 @@ def load_spec(path: Path) -> JobSpec:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from cli.local import run_local, summary
+    from core.errors import InvalidInput
 
     spec = load_spec(args.spec)
-    job = run_local(spec, args.out, device=args.device, progress=not args.quiet)
+    if args.weights is not None and not args.weights.is_file():
+        raise SystemExit(f"--weights {args.weights}: no such file")
+    try:
+        job = run_local(
+            spec, args.out, device=args.device, progress=not args.quiet, weights=args.weights
+        )
+    except InvalidInput as exc:
+        raise SystemExit(f"--weights {args.weights}: {exc}") from exc
     if job["status"] != "done":
         print(f"job {job['id']} {job['status']}: {job['error']}", file=sys.stderr)
         return 1
@@ -308,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="start from this safetensors file of the spec's network (e.g. a committed "
+        "baseline under baselines/) instead of pretraining",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("verify", help="re-measure an exported result against result.json")

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from cli.local import local_settings, run_local
+from cli.main import main
+from core.db import repo
 from core.db.session import migrate, session_factory
 from core.spec import JobSpec
 from service.uploads import add_upload
@@ -88,3 +92,55 @@ def test_weights_for_other_classes_fail_the_job_with_the_reason(tmp_path: Path) 
     assert job["status"] == "failed"
     assert "uploaded weights" in job["error"] and "num_classes=10" in job["error"]
     assert "fc.weight" in job["error"]
+
+
+def _saved(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    return state
+
+
+def test_search_with_weights_starts_from_the_file(tmp_path: Path) -> None:
+    """``prunesearch search spec.yaml --weights FILE``: the file is the baseline, bit for bit."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("cli-weights", n_trials=2).model_dump()))
+    torch.manual_seed(3)
+    state = _saved(
+        zoo.build("lenet5", in_channels=1, num_classes=10, input_size=28), tmp_path / "w.st"
+    )
+    out = tmp_path / "out"
+
+    assert (
+        main(
+            [
+                "search",
+                str(spec_file),
+                "--out",
+                str(out),
+                "--weights",
+                str(tmp_path / "w.st"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["spec"]["model"]["weights"] is not None
+    job_dir = local_settings(out, "cpu").job_dir(result["job_id"])
+    baseline = load_file(str(job_dir / "baseline.safetensors"))
+    assert all(torch.equal(baseline[k], state[k]) for k in state)
+
+
+def test_search_with_weights_of_another_shape_is_refused_before_any_job(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("cli-bad-weights", n_trials=2).model_dump()))
+    _saved(zoo.build("lenet5", in_channels=1, num_classes=7, input_size=28), tmp_path / "w7.st")
+    out = tmp_path / "out"
+
+    with pytest.raises(SystemExit, match=r"--weights .*w7\.st: .*fc"):
+        main(["search", str(spec_file), "--out", str(out), "--weights", str(tmp_path / "w7.st")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["search", str(spec_file), "--out", str(out), "--weights", str(tmp_path / "none")])
+    with session_factory(local_settings(out, "cpu").database_url)() as s:
+        assert repo.list_jobs(s, limit=10, offset=0) == []
