@@ -143,6 +143,14 @@ class DatasetSpec(_Strict):
         default=None, ge=100, le=10_000_000, description="Use only this many training images."
     )
     val_fraction: float = Field(default=0.1, ge=0.01, le=0.5)
+    split_seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Decides which training images are held out for validation (and the "
+        "subset). Default: the job's seed. Fix it to keep a baseline trained elsewhere on one "
+        "split (bench/train_baseline.py) from being validated on its own training images.",
+    )
     input_size: int | None = Field(
         default=None,
         ge=8,

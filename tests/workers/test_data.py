@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.settings import Settings
+from core.spec import JobSpec
 from workers.errors import DatasetNotFound
 from workers.nets import data
+from workers.steps.context import load_splits
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -38,6 +41,30 @@ def test_split_is_deterministic_by_seed(name: str) -> None:
     # The test split never depends on the job seed.
     assert torch.equal(a.test.images, c.test.images)
     assert torch.equal(a.test.labels, c.test.labels)
+
+
+def test_a_fixed_split_seed_keeps_the_split_across_job_seeds(tmp_path: Path) -> None:
+    """``dataset.split_seed``: jobs of other seeds validate on the images a baseline never saw."""
+
+    def val_of(seed: int, split_seed: int | None, val_fraction: float = 0.1) -> torch.Tensor:
+        spec = JobSpec.model_validate(
+            {
+                "name": "split",
+                "target": {"flops_ratio": 0.5},
+                "dataset": {
+                    "name": "digits", "val_fraction": val_fraction, "split_seed": split_seed,
+                },
+                "seed": seed,
+            }
+        )  # fmt: skip
+        return load_splits(spec, Settings(home=tmp_path), "cpu").val.images
+
+    assert torch.equal(val_of(1, 0), val_of(2, 0))
+    assert torch.equal(val_of(0, None), val_of(5, 0))
+    assert not torch.equal(val_of(1, None), val_of(2, None))
+    # A smaller held-out part of the same split is inside the larger one (bench/search_quality).
+    small, large = val_of(1, 0, 0.02), val_of(2, 0, 0.1)
+    assert torch.equal(small, large[: len(small)])
 
 
 def test_digits_test_split_is_about_a_fifth() -> None:

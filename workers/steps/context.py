@@ -143,7 +143,7 @@ def job_context(
 
 
 def load_splits(spec: JobSpec, settings: Settings, device: torch.device | str) -> data.DataSplits:
-    """The job's dataset, split by its seed (the same split in every process).
+    """The job's dataset, split by ``dataset.split_seed`` (default: the job's seed).
 
     Raises:
         DatasetNotFound: The dataset's files or folder are not there (or, a
@@ -154,7 +154,7 @@ def load_splits(spec: JobSpec, settings: Settings, device: torch.device | str) -
     return data.load(
         ds.name,
         dirs=[] if folder else settings.dataset_dirs(ds.name),
-        seed=spec.seed,
+        seed=spec.seed if ds.split_seed is None else ds.split_seed,
         val_fraction=ds.val_fraction,
         subset=ds.subset,
         device=device,
