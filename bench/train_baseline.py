@@ -15,7 +15,7 @@ writes to ``baselines/``:
   machine, the file's SHA-256, the validation and whole-test-set accuracy,
   and the per-epoch mean loss (the log).
 
-``tests/test_baselines.py`` re-checks every committed file's hash and test
+``tests/test_committed_baselines.py`` re-checks every committed file's hash and test
 accuracy. Usage::
 
     .venv/bin/python bench/train_baseline.py resnet20 --epochs 20

@@ -9,7 +9,7 @@ over the job's latest :data:`RECENT` scored trials (complete or failed,
 from start to finish); a duplicate's time is a wait for its twin, so it
 counts as progress but not as a trial time. The floor keeps jobs of
 sub-second trials from being called stalled by a worker's ordinary pause
-(a dead worker's task is retried after about 90 s).
+(a dead worker's task is retried after 50–80 s).
 
 The API's job view, the job list, ``/metrics`` and the dashboard all ask
 :func:`job_stall`, so they agree.

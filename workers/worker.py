@@ -27,9 +27,16 @@ from core.settings import Settings
 DEFAULT_QUEUES = ("interactive", "overnight")
 # How often a worker looks for tasks abandoned by a dead worker (RQ's default
 # is 10 minutes). A task is abandoned once its worker's heartbeat lapses,
-# --maintenance-interval + 60 s after the worker died (90 s by default); it
-# is then retried.
+# --maintenance-interval + HEARTBEAT_GRACE_S after the worker died (50 s by
+# default); it is then retried.
 MAINTENANCE_S = 30
+# How long a running task's heartbeat outlives the next refresh the worker owes it
+# (one --maintenance-interval away). RQ adds 60 s; a live parent refreshes on a
+# timer, late by a second or two on a busy machine, so 20 s is ample, and a dead
+# worker's task is retried 40 s sooner. A task wrongly thought dead would run
+# twice, and its slot would still count once (workers.steps.lifecycle).
+HEARTBEAT_GRACE_S = 20
+RQ_HEARTBEAT_GRACE_S = 60
 RESTART_S = 5
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,11 @@ class PrefetchingWorker(Worker):
         """SIGINT/SIGTERM: remembered, so that :func:`run_worker` does not start it again."""
         self.asked_to_stop = True
         super().request_stop(signum, frame)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """RQ's heartbeat lifetime with :data:`HEARTBEAT_GRACE_S` in place of its 60 s."""
+        ttl = int(super().get_heartbeat_ttl(job, working_time)) - RQ_HEARTBEAT_GRACE_S
+        return max(ttl, 0) + HEARTBEAT_GRACE_S
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         torch.set_num_threads(self._threads)
@@ -131,8 +143,8 @@ def run_worker(
             # maintenance checks (RQ's default: 405 s), so this bounds how long an
             # abandoned task waits for its retry.
             worker_ttl=max(maintenance_interval, 5) + 15,
-            # A running task's heartbeat lasts this + 60 s: how long a dead
-            # worker's task waits before it counts as abandoned (RQ default 30).
+            # A running task's heartbeat lasts this + HEARTBEAT_GRACE_S: how long a
+            # dead worker's task waits before it counts as abandoned (RQ default 30).
             job_monitoring_interval=min(maintenance_interval, 30),
         )
         try:

@@ -3,12 +3,12 @@
 Real processes: ``prunesearch serve``, ``prunesearch worker`` (each in its
 own process group, so a whole worker and its horse can be killed at once),
 a real Redis, and SQLite or PostgreSQL (our tables and the Optuna storage; on
-PostgreSQL only the work-horse part runs: the pool part waits a minute for RQ's
+PostgreSQL only the work-horse part runs: the pool part waits for RQ's
 heartbeat, which the database does not enter). RQ owns retries: a killed horse's task is retried
 at once by its worker; a dead worker's task once another worker's
 maintenance finds it abandoned (its heartbeat lapses after the workers'
-``--maintenance-interval`` + 60 s: 65 s here, 90 s with
-``PRUNESEARCH_CHAOS_MAINTENANCE_S=30``, the workers' default), so
+``--maintenance-interval`` + ``workers.worker.HEARTBEAT_GRACE_S`` (20 s): 25 s here,
+50 s with ``PRUNESEARCH_CHAOS_MAINTENANCE_S=30``, the workers' default), so
 a job whose every worker died resumes once workers return.
 The trial task makes the second run harmless (``workers.steps.trial._resume_slot``).
 """
