@@ -48,14 +48,19 @@ def _job(settings: Settings) -> str:
         return repo.create_job(s, JobSpec.model_validate(SPEC), "interactive", owner="alice").id
 
 
+def _add(s: Session, job_id: str, trial: int) -> int:
+    """A running candidate of ``job_id`` added in session ``s``; its id."""
+    cand = repo.add_candidate(
+        s, job_id, trial_number=trial, key=f"k{trial}", ratios=[0.5], proposed=[0.5],
+        counts=[4], flops=500.0, params=50.0,
+    )  # fmt: skip
+    return cand.id
+
+
 def _candidate(settings: Settings, job_id: str, trial: int) -> int:
     """A running candidate of ``job_id``; its id."""
     with session_factory(settings.database_url)() as s:
-        cand = repo.add_candidate(
-            s, job_id, trial_number=trial, key=f"k{trial}", ratios=[0.5], proposed=[0.5],
-            counts=[4], flops=500.0, params=50.0,
-        )  # fmt: skip
-        return cand.id
+        return _add(s, job_id, trial)
 
 
 def _finish(settings: Settings, cand_id: int, score: float = 0.7) -> None:
@@ -120,17 +125,7 @@ def _version(settings: Settings, job_id: str) -> int:
 
 
 WRITES: dict[str, Callable[[Session, str, int], object]] = {
-    "add_candidate": lambda s, job, _c: repo.add_candidate(
-        s,
-        job,
-        trial_number=9,
-        key="k9",
-        ratios=[1.0],
-        proposed=[1.0],
-        counts=[8],
-        flops=1.0,
-        params=1.0,
-    ),
+    "add_candidate": lambda s, job, _c: _add(s, job, 9),
     "finish_candidate": lambda s, _job, cand: repo.finish_candidate(s, cand, score=0.5),
     "set_rungs": lambda s, _job, cand: repo.set_rungs(s, cand, {"short": 0.5}),
     "mark_lost": lambda s, _job, cand: repo.mark_lost(s, cand, "worker died"),
