@@ -24,6 +24,7 @@ from core.db.session import migrate, session_factory
 from core.errors import InvalidInput, ServiceError
 from core.queue import redis_from_url
 from core.settings import Settings
+from service.api.fastpoll import FastPoll
 from service.api.responses import declare_errors, status_code_for
 from service.api.routes import batches, dashboard, datasets, health, jobs, weights
 from service.reconcile import Reconciler
@@ -124,7 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(RefuseNul)
+    app.add_middleware(FastPoll, settings=settings)
+    app.add_middleware(RefuseNul)  # added last: outermost, so it sees every request first
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(InvalidInput, _invalid_input)

@@ -20,7 +20,9 @@ from typing import Annotated
 from fastapi import Header, Response
 from pydantic import BaseModel
 
+from core.db.repo import JobVersion
 from service.api.responses import Responses
+from service.stall import window
 
 # Revalidate on every use (no-cache) and never in a shared cache (private): the body is the
 # owner's, and a poll must see a change at once.
@@ -51,6 +53,21 @@ def etag_of(owner: str, *parts: object) -> str:
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=16, person=b"prunesearch-etag")
     digest.update(b"\0" + owner.encode())
     return f'W/"{digest.hexdigest()}"'
+
+
+def job_tag(owner: str, seen: JobVersion) -> str:
+    """The tag of ``GET /v1/jobs/{id}``: the job's version, and its stall window if searching."""
+    return etag_of(owner, "job", seen.id, seen.version, window([seen.status]))
+
+
+def candidates_tag(owner: str, seen: JobVersion, query: bytes) -> str:
+    """The tag of ``GET /v1/jobs/{id}/candidates`` with this raw query string.
+
+    The raw query, not its parsed values: the fast path (:mod:`service.api.fastpoll`) makes
+    the same tag without parsing. Two spellings of one query get two tags, which costs at
+    most one full reply; one spelling always means the same page of the same version.
+    """
+    return etag_of(owner, "candidates", seen.id, seen.version, query)
 
 
 def matches(etag: str, if_none_match: str | None) -> bool:

@@ -90,7 +90,8 @@ _ASYNC_REDIS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Asy
 )
 
 
-def _async_redis(url: str) -> AsyncRedis:
+def async_redis(url: str) -> AsyncRedis:
+    """The asyncio Redis client of the running loop for ``url`` (the rate limiter's)."""
     clients = _ASYNC_REDIS.setdefault(asyncio.get_running_loop(), {})
     client = clients.get(url)
     if client is None:
@@ -139,7 +140,7 @@ async def get_owner(
         subject = digest(credentials.credentials)[:16]
     if settings.rate_limit > 0:
         wait = await retry_after_async(
-            _async_redis(settings.redis_url), subject, settings.rate_limit
+            async_redis(settings.redis_url), subject, settings.rate_limit
         )
         if wait is not None:
             raise HTTPException(

@@ -15,12 +15,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from core.db import repo
+from core.db import keys, repo
 from core.db.models import CandidateStatus, JobStatus
 from core.db.session import session_factory
 from core.settings import Settings
 from core.spec import JobSpec
 from service import stall
+from service.api.conditional import CACHE_CONTROL
+from service.api.deps import get_settings
 from tests.service.conftest import add_key, keyed_client
 
 SPEC: dict[str, Any] = {
@@ -306,3 +308,83 @@ def test_304_is_declared_on_the_polled_routes(client: TestClient) -> None:
     for path in POLLED:
         reply = paths[path.replace("{id}", "{job_id}")]["get"]["responses"]["304"]
         assert "ETag" in reply["headers"]
+
+
+FAST = ["/v1/jobs/{id}", "/v1/jobs/{id}/candidates?limit=5&order=-score"]
+
+
+@pytest.fixture
+def settings_seen(client: TestClient, settings: Settings) -> list[Settings]:
+    """Every time a FastAPI route resolves its settings: no entry means FastAPI never ran."""
+    seen: list[Settings] = []
+
+    async def spy() -> Settings:
+        seen.append(settings)
+        return settings
+
+    app: Any = client.app
+    app.dependency_overrides[get_settings] = spy
+    return seen
+
+
+@pytest.mark.parametrize("path", FAST)
+def test_a_current_poll_is_answered_before_fastapi_and_a_stale_one_by_the_route(
+    client: TestClient, settings: Settings, settings_seen: list[Settings], path: str
+) -> None:
+    job_id = _job(settings)
+    _finish(settings, _candidate(settings, job_id, 0))
+    url = path.format(id=job_id)
+    full = client.get(url)
+    assert full.status_code == 200 and len(settings_seen) > 0
+    settings_seen.clear()
+
+    fast = client.get(url, headers={"If-None-Match": full.headers["etag"]})
+    assert fast.status_code == 304 and fast.content == b""
+    assert settings_seen == []  # the middleware answered: no dependency was solved
+    assert {k: fast.headers[k] for k in ("etag", "cache-control", "vary")} == {
+        "etag": full.headers["etag"],
+        "cache-control": CACHE_CONTROL,
+        "vary": "Authorization",
+    }
+    assert client.get(url, headers={"If-None-Match": '"stale"'}).status_code == 200
+    assert settings_seen != []  # a tag that does not match goes on to the route
+    if "?" in url:  # another query of the candidates is another tag: the route builds it
+        settings_seen.clear()
+        other = client.get(f"{url}&offset=1", headers={"If-None-Match": full.headers["etag"]})
+        assert other.status_code == 200 and settings_seen != []
+
+
+def test_the_fast_path_leaves_unknown_keys_and_other_owners_to_the_app(
+    client: TestClient, settings: Settings, settings_seen: list[Settings]
+) -> None:
+    job_id = _job(settings)
+    url = f"/v1/jobs/{job_id}"
+    etag = client.get(url).headers["etag"]
+    bob = add_key(settings.database_url, "bob")
+    for _ in range(2):  # bob's key is unknown, then cached: a 404 both times
+        assert client.get(url, headers={"If-None-Match": etag, **bob}).status_code == 404
+    keys.forget_cached_keys()  # alice's key must be looked up: by the app, once
+    settings_seen.clear()
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert settings_seen != []
+    settings_seen.clear()
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert settings_seen == []
+    too_long = client.get(url, headers={"If-None-Match": f"{etag}, " + "x" * 2000})
+    assert too_long.status_code == 422  # the route's limit on the header still holds
+
+
+def test_every_poll_counts_once_against_the_rate_limit(
+    tmp_path: Path, db_url: str, redis_url: str
+) -> None:
+    limited = Settings(
+        home=tmp_path / "home", database_url=db_url, redis_url=redis_url, rate_limit=3
+    )
+    with keyed_client(limited, "alice") as c:
+        url = f"/v1/jobs/{_job(limited)}"
+        etag = c.get(url).headers["etag"]  # 1: the route
+        for _ in range(2):  # 2 and 3: the middleware
+            assert c.get(url, headers={"If-None-Match": etag}).status_code == 304
+        refused = c.get(url, headers={"If-None-Match": etag})
+    assert refused.status_code == 429, refused.text  # the 4th, refused by the app's limiter
+    assert int(refused.headers["retry-after"]) >= 1

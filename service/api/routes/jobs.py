@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +32,15 @@ from core.queue import INTERACTIVE, cancel_tasks, enqueue_job, ensure_available
 from core.settings import Settings
 from core.spec import JobSpec
 from search import Point, pareto_front
-from service.api.conditional import NOT_MODIFIED, IfNoneMatch, etag_of, not_modified, tagged
+from service.api.conditional import (
+    NOT_MODIFIED,
+    IfNoneMatch,
+    candidates_tag,
+    etag_of,
+    job_tag,
+    not_modified,
+    tagged,
+)
 from service.api.cursor import PATTERN, Cursor
 from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import Responses, raises
@@ -200,8 +208,7 @@ def get_job(
 
     A 304 when it is what If-None-Match names; another owner's job is a 404 first.
     """
-    seen = repo.job_version(session, job_id, owner)
-    etag = etag_of(owner, "job", seen.id, seen.version, window([seen.status]))
+    etag = job_tag(owner, repo.job_version(session, job_id, owner))
     if (unchanged := not_modified(etag, if_none_match)) is not None:
         return unchanged
     return tagged(_job_public(session, repo.get_job(session, job_id, owner), settings), etag)
@@ -254,6 +261,7 @@ CandidateSort = Literal[
 @router.get("/{job_id}/candidates", response_model=CandidatePage, responses=NOT_MODIFIED)
 def list_candidates(
     job_id: str,
+    request: Request,
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -283,8 +291,7 @@ def list_candidates(
     With ``since=``, only what changed since that reply, and the cursor for the next poll.
     """
     seen = repo.job_version(session, job_id, owner)
-    query = (limit, offset, order, status, min_accuracy, max_flops_ratio, max_params_ratio)
-    etag = etag_of(owner, "candidates", seen.id, seen.version, *query, worker, since)
+    etag = candidates_tag(owner, seen, request.scope["query_string"])
     if (unchanged := not_modified(etag, if_none_match)) is not None:
         return unchanged
     job = repo.get_job(session, job_id, owner)
