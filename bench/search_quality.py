@@ -481,7 +481,7 @@ def tables(r: dict[str, Any]) -> str:
     for target in cfg["targets"]:
         for method in [m for m in cfg["methods"] if m in SEARCHED and m != "random"]:
             mine = per_seed(method, target, "test_accuracy")
-            for other in COMPARED:
+            for other in (o for o in COMPARED if o in cfg["methods"]):
                 diffs = [
                     a - b
                     for a, b in zip(mine, per_seed(other, target, "test_accuracy"), strict=True)
@@ -570,7 +570,7 @@ def verdicts(r: dict[str, Any]) -> list[str]:
         margin = MARGINS.get(target, 0.0)
         for method in (m for m in cfg["methods"] if m in SEARCHED and m != "random"):
             parts, met = [], True
-            for other in COMPARED:
+            for other in (o for o in COMPARED if o in cfg["methods"]):
                 mean, half = interval(
                     [a - b for a, b in zip(acc(method, target), acc(other, target), strict=True)]
                 )
@@ -613,10 +613,20 @@ def main() -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="only these seeds (bench/gpu_check.sh: 0)"
     )
+    parser.add_argument("--methods", nargs="+", help="only these (uniform and random always)")
+    parser.add_argument("--budget", type=int, help="scored networks per method")
+    parser.add_argument("--proxy-candidates", type=int, help="per target")
     args = parser.parse_args()
     cfg = QUICK if args.quick else FULL
     if args.seeds:
         cfg = replace(cfg, seeds=tuple(args.seeds))
+    if args.methods:
+        kept = ("uniform", *(m for m in args.methods if m not in ("uniform", "random")), "random")
+        cfg = replace(cfg, methods=kept)
+    if args.budget:
+        cfg = replace(cfg, budget=args.budget)
+    if args.proxy_candidates:
+        cfg = replace(cfg, proxy_candidates=args.proxy_candidates)
     base = Baseline.load(args.baseline)
     base.check(cfg)
     torch.set_num_threads(os.cpu_count() or 1)
