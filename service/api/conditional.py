@@ -14,7 +14,9 @@ and the version read itself), so a 304 is only ever the answer to a caller who m
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 from typing import Annotated
 
 from fastapi import Header, Response
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 
 from core.db.repo import JobVersion
 from service.api.responses import Responses
+from service.api.schemas import CandidatePage, JobPublic, Page
 from service.stall import window
 
 # Revalidate on every use (no-cache) and never in a shared cache (private): the body is the
@@ -51,8 +54,20 @@ def etag_of(owner: str, *parts: object) -> str:
     None, whose ``repr`` is stable.
     """
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=16, person=b"prunesearch-etag")
-    digest.update(b"\0" + owner.encode())
+    digest.update(b"\0" + owner.encode() + b"\0" + views_format())
     return f'W/"{digest.hexdigest()}"'
+
+
+@functools.cache
+def views_format() -> bytes:
+    """A fingerprint of the polled views' JSON shape: a new shape is a new tag.
+
+    Without it, after an upgrade that changes a view (a new field), a dashboard holding a
+    tag of the old view would be told 304 until the job next changed, and keep the old body.
+    """
+    views = (JobPublic, Page[JobPublic], CandidatePage)
+    schema = json.dumps([view.model_json_schema() for view in views], sort_keys=True)
+    return hashlib.blake2b(schema.encode(), digest_size=8).digest()
 
 
 def job_tag(owner: str, seen: JobVersion) -> str:

@@ -6,7 +6,8 @@ RegNetY (grouped + SE) and a plugin network that exists only in this file
 a job at flops_ratio 0.5 runs on Fashion-MNIST written as 3-channel 32x32
 PNG class folders, then:
 
-- ``prunesearch verify`` (the CLI, as a user runs it) re-measures the export;
+- the export is re-measured (``prunesearch verify``: the CLI, as a user runs it, for the
+  plugin network; the same function in process for the families);
 - the FLOPs counted on the exported network equal the ModelProfile's figure
   for the chosen candidate (what the search believed it was buying).
 
@@ -37,10 +38,12 @@ import redis
 from cli.local import local_settings, run_local
 from core.db import repo
 from core.db.session import session_factory, session_scope
+from core.settings import Settings
 from core.spec import JobSpec
 from tests.imagefolders import write_fashion_mnist
 from tests.integration.test_service_e2e import create_key
 from tests.support import free_port, install_plugin, stop_processes, wait_for_api
+from workers.verify import report, verify
 
 CLI = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,13 +127,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     sys.modules.pop("testonlynets", None)
 
 
-def verify_cli(out: Path, env: dict[str, str]) -> str:
-    """``prunesearch verify OUT`` as a user runs it; its table, or the test fails."""
-    done = subprocess.run(
-        [*CLI, "verify", str(out)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+def verified(arch: str, out: Path, env: dict[str, str]) -> str:
+    """The export in ``out`` re-measured: its table, or the test fails.
+
+    The plugin network's, by ``prunesearch verify OUT`` as a user runs it (a process that
+    finds the plugin on its own); the families' in this process, the same function without
+    a cold start each.
+    """
+    if arch == PLUGIN_ARCH:
+        done = subprocess.run(
+            [*CLI, "verify", str(out)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+    checks = verify(out, settings=Settings(home=Path(env["PRUNESEARCH_HOME"])))
+    assert all(c.ok for c in checks), report(checks)
+    return report(checks)
 
 
 def zipped(folder: Path) -> bytes:
@@ -150,7 +162,7 @@ def test_each_family_and_a_plugin_locally(world: dict[str, Any]) -> None:
         job = run_local(spec, out, progress=False)
         assert job["status"] == "done", (arch, job["error"])
 
-        table = verify_cli(out, {**world["env"], "PRUNESEARCH_HOME": str(out)})
+        table = verified(arch, out, {**world["env"], "PRUNESEARCH_HOME": str(out)})
         assert "NO" not in table.split(), table
         best = job["result"]["best"]
         factory = session_factory(local_settings(out, "cpu").database_url)
@@ -229,6 +241,6 @@ def test_each_family_and_a_plugin_through_the_service(
         profiled = {c["id"]: c["flops"] for c in cands}[best["candidate_id"]]
         assert best["flops"] == pytest.approx(profiled, abs=0.5), arch
         out = home / "artifacts" / job_id
-        table = verify_cli(out, {**world["env"], "PRUNESEARCH_HOME": str(home)})
+        table = verified(arch, out, {**world["env"], "PRUNESEARCH_HOME": str(home)})
         assert "NO" not in table.split(), (arch, table)
     assert len(workers_seen) == 2, workers_seen

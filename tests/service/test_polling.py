@@ -21,6 +21,7 @@ from core.db.session import session_factory
 from core.settings import Settings
 from core.spec import JobSpec
 from service import stall
+from service.api import conditional
 from service.api.conditional import CACHE_CONTROL
 from service.api.deps import get_settings
 from tests.service.conftest import add_key, keyed_client
@@ -388,3 +389,15 @@ def test_every_poll_counts_once_against_the_rate_limit(
         refused = c.get(url, headers={"If-None-Match": etag})
     assert refused.status_code == 429, refused.text  # the 4th, refused by the app's limiter
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_new_shape_of_the_views_is_a_new_tag(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade that changes a view, an old tag must not keep the old body current."""
+    url = f"/v1/jobs/{_job(settings)}"
+    etag = client.get(url).headers["etag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    monkeypatch.setattr(conditional, "views_format", lambda: b"a view with a new field")
+    upgraded = client.get(url, headers={"If-None-Match": etag})
+    assert upgraded.status_code == 200 and upgraded.headers["etag"] != etag
