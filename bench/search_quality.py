@@ -73,7 +73,7 @@ from cli.local import local_settings, run_local
 from core.db import repo
 from core.db.models import CandidateStatus
 from core.db.session import session_factory, session_scope
-from core.spec import JobSpec
+from core.spec import JobSpec, ScoringSpec
 from search import catalogue
 from workers.compress.profiling import channel_groups
 from workers.nets import train, zoo
@@ -508,7 +508,10 @@ def tables(r: dict[str, Any]) -> str:
         )
     )
     rows = []
-    default = f"abn{cfg['calib_batches']}"
+    labels = {
+        DEFAULT_SCORE: " (the default trial score)",
+        f"abn{cfg['calib_batches']}": " (this run's trial score)",
+    }
     for target, p in r["proxy"]["per_target"].items():
         for name, a in p.items():
             if not isinstance(a, dict):
@@ -518,7 +521,7 @@ def tables(r: dict[str, Any]) -> str:
                 [
                     f"{float(target):.0%}",
                     str(p["candidates"]),
-                    name + (" (trial score)" if name == default else ""),
+                    name + labels.get(name, ""),
                     f"{a['spearman']:.3f} [{low:.2f}, {high:.2f}]",
                     f"{a['kendall']:.3f}",
                     f"{a['top5_hits']:.1f}",
@@ -556,6 +559,8 @@ def tables(r: dict[str, Any]) -> str:
 
 
 COMPARED = ("uniform", "tp_meta_global", "random")
+# The product's trial score: adaptive BN with the JobSpec's default number of batches.
+DEFAULT_SCORE = f"abn{ScoringSpec().calib_batches}"
 MARGINS = {0.5: 0.005, 0.25: 0.015}  # the goals over uniform at 2x and 4x
 
 
@@ -583,12 +588,12 @@ def verdicts(r: dict[str, Any]) -> list[str]:
                 "vs uniform, > 0 vs the others, each interval above zero): "
                 + ("met" if met else "not met")
             )
-    default = f"abn{cfg['calib_batches']}"
     for target, p in r["proxy"]["per_target"].items():
-        a = p[default]
+        name = DEFAULT_SCORE if DEFAULT_SCORE in p else f"abn{cfg['calib_batches']}"
+        a = p[name]
         low, high = a["spearman_95"]
         lines.append(
-            f"{float(target):.0%}: Spearman of the trial score ({default}) vs the final accuracy "
+            f"{float(target):.0%}: Spearman of the trial score {name} vs the final accuracy "
             f"{a['spearman']:.3f} [{low:.2f}, {high:.2f}] over {p['candidates']} candidates "
             f"(goal >= 0.7, the interval above it): {'met' if low >= 0.7 else 'not met'}"
         )
@@ -616,7 +621,13 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", help="only these (uniform and random always)")
     parser.add_argument("--budget", type=int, help="scored networks per method")
     parser.add_argument("--proxy-candidates", type=int, help="per target")
+    parser.add_argument("--render", type=Path, help="print the tables of a saved JSON, run nothing")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        saved["verdicts"] = verdicts(saved)
+        print(tables(saved))
+        return 0
     cfg = QUICK if args.quick else FULL
     if args.seeds:
         cfg = replace(cfg, seeds=tuple(args.seeds))
