@@ -5,8 +5,8 @@ its last reply, and most polls find nothing new. Through FastAPI such a poll sti
 routing, dependency solving and validation (about half of the API's time at 32 polling
 clients, py-spy). This ASGI middleware answers it first, with exactly what the route would
 answer: the same tag (:func:`~service.api.conditional.job_tag`,
-:func:`~service.api.conditional.candidates_tag`, from one small row read in the thread pool)
-and the same 304 headers. It answers only when it is sure; everything else goes on to the
+:func:`~service.api.conditional.candidates_tag`, from one small row read: on the event loop
+for SQLite, in the thread pool for a database server) and the same 304 headers. It answers only when it is sure; everything else goes on to the
 app unchanged, which then decides as always:
 
 - the caller must be known without the database: auth off, or a Bearer key in the API-key
@@ -21,15 +21,21 @@ app unchanged, which then decides as always:
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import event, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import digest
 from core.db import keys, repo
 from core.db.models import LOCAL_OWNER
-from core.db.session import session_factory
+from core.db.session import make_engine, session_factory
 from core.errors import JobNotFound
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
@@ -38,6 +44,7 @@ from service.ratelimit import retry_after_async
 
 _POLLED = re.compile(r"/v1/jobs/(?P<id>[^/]+)(?P<candidates>/candidates)?")
 _MAX_TAGS = 2000  # the route's If-None-Match max_length: longer is the app's 422
+ON_LOOP_WAIT_S = 0.05  # the longest a SQLite read may hold the event loop
 
 
 class FastPoll:
@@ -67,7 +74,11 @@ class FastPoll:
         if who is None:
             return None
         owner, subject = who
-        seen = await run_in_threadpool(_version, self.settings.database_url, path["id"], owner)
+        url = self.settings.database_url
+        if make_url(url).get_backend_name() == "sqlite":
+            seen = _version(_on_loop(url), path["id"], owner)  # no hop to a thread
+        else:
+            seen = await run_in_threadpool(_version, session_factory(url), path["id"], owner)
         if seen is None:
             return None
         if path["candidates"]:
@@ -97,9 +108,30 @@ class FastPoll:
         return await retry_after_async(redis, subject, limit) is None
 
 
-def _version(url: str, job_id: str, owner: str) -> repo.JobVersion | None:
-    with session_factory(url)() as session:
-        try:
+def _version(sessions: sessionmaker[Session], job_id: str, owner: str) -> repo.JobVersion | None:
+    """The job's version row; None when it is not the owner's or cannot be read at once."""
+    try:
+        with sessions() as session:
             return repo.job_version(session, job_id, owner)
-        except JobNotFound:
-            return None
+    except (JobNotFound, OperationalError, SQLAlchemyTimeoutError):
+        return None
+
+
+@functools.cache
+def _on_loop(url: str) -> sessionmaker[Session]:
+    """Sessions for reading a SQLite file on the event loop, which must never wait long.
+
+    A primary-key read of a local file in WAL mode costs less than the hop to a thread and
+    does not wait for writers. Its own pool of one connection, never the API's: a checkout
+    from the shared pool could wait for connections that only the loop itself returns. A
+    lock or a busy connection (another app's loop in the same process) is given
+    ``ON_LOOP_WAIT_S`` and then the poll goes on to the app.
+    """
+    wait_ms = round(ON_LOOP_WAIT_S * 1000)
+    engine = make_engine(url, pool_size=1, max_overflow=0, pool_timeout=ON_LOOP_WAIT_S)
+
+    @event.listens_for(engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {wait_ms}")
+
+    return sessionmaker(engine)

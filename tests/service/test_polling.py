@@ -5,6 +5,7 @@ On both database backends and a real Redis, through the app with API keys, as a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from core.db.session import session_factory
 from core.settings import Settings
 from core.spec import JobSpec
 from service import stall
-from service.api import conditional
+from service.api import conditional, fastpoll
 from service.api.conditional import CACHE_CONTROL
 from service.api.deps import get_settings
 from tests.service.conftest import add_key, keyed_client
@@ -165,19 +166,23 @@ def test_a_poll_that_finds_nothing_new_reads_only_the_versions(
     _finish(settings, _candidate(settings, job_id, 0))
     url = path.format(id=job_id)
     etag = client.get(url).headers["etag"]
-    engine = session_factory(settings.database_url).kw["bind"]
+    engines = [session_factory(settings.database_url).kw["bind"]]
+    if settings.database_url.startswith("sqlite"):  # the fast path's own, on the event loop
+        engines.append(fastpoll._on_loop(settings.database_url).kw["bind"])
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
         seen.append(sql)
 
-    event.listen(engine, "before_cursor_execute", record)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
         unchanged = len(seen)
         assert client.get(url).status_code == 200
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
     assert unchanged == statements, seen[:unchanged]
     assert len(seen) > 2 * unchanged  # the whole view costs more than the versions
 
@@ -401,3 +406,24 @@ def test_a_new_shape_of_the_views_is_a_new_tag(
     monkeypatch.setattr(conditional, "views_format", lambda: b"a view with a new field")
     upgraded = client.get(url, headers={"If-None-Match": etag})
     assert upgraded.status_code == 200 and upgraded.headers["etag"] != etag
+
+
+def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
+    client: TestClient, settings: Settings, settings_seen: list[Settings], db_url: str
+) -> None:
+    """The event loop never waits for the fast path's connection: the route answers instead."""
+    if not db_url.startswith("sqlite"):
+        return  # a database server is read in the thread pool, never on the loop
+    url = f"/v1/jobs/{_job(settings)}"
+    etag = client.get(url).headers["etag"]
+    settings_seen.clear()
+    engine = fastpoll._on_loop(settings.database_url).kw["bind"]
+    with engine.connect():  # the loop's only connection, taken
+        tick = time.monotonic()
+        assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+        waited = time.monotonic() - tick
+    assert settings_seen != []  # answered by the route
+    assert waited < 2.0
+    settings_seen.clear()
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert settings_seen == []  # the connection is back: the middleware answers again
