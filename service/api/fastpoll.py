@@ -6,8 +6,9 @@ routing, dependency solving and validation (about half of the API's time at 32 p
 clients, py-spy). This ASGI middleware answers it first, with exactly what the route would
 answer: the same tag (:func:`~service.api.conditional.job_tag`,
 :func:`~service.api.conditional.candidates_tag`, from one small row read: on the event loop
-for SQLite, in the thread pool for a database server) and the same 304 headers. It answers only when it is sure; everything else goes on to the
-app unchanged, which then decides as always:
+for SQLite, in the thread pool for a database server) and the same 304 headers. It answers
+only when it is sure; everything else goes on to the app unchanged, which then decides as
+always:
 
 - the caller must be known without the database: auth off, or a Bearer key in the API-key
   cache (:func:`core.db.keys.cached_owner`); an unknown key goes on (the app's 401);
@@ -53,6 +54,7 @@ class FastPoll:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
+        self.sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -75,7 +77,7 @@ class FastPoll:
             return None
         owner, subject = who
         url = self.settings.database_url
-        if make_url(url).get_backend_name() == "sqlite":
+        if self.sqlite:
             seen = _version(_on_loop(url), path["id"], owner)  # no hop to a thread
         else:
             seen = await run_in_threadpool(_version, session_factory(url), path["id"], owner)
