@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import event, make_url
+from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.auth import digest
 from core.db import keys, repo
 from core.db.models import LOCAL_OWNER
-from core.db.session import make_engine, session_factory
+from core.db.session import session_factory
 from core.errors import JobNotFound
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
@@ -129,11 +128,13 @@ def _on_loop(url: str) -> sessionmaker[Session]:
     lock or a busy connection (another app's loop in the same process) is given
     ``ON_LOOP_WAIT_S`` and then the poll goes on to the app.
     """
-    wait_ms = round(ON_LOOP_WAIT_S * 1000)
-    engine = make_engine(url, pool_size=1, max_overflow=0, pool_timeout=ON_LOOP_WAIT_S)
-
-    @event.listens_for(engine, "connect")
-    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {wait_ms}")
-
+    # The file is in WAL mode already (the API's engine set it when it migrated the schema);
+    # the busy timeout is the sqlite3 connect timeout, the pool's wait its pool_timeout.
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": ON_LOOP_WAIT_S},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=ON_LOOP_WAIT_S,
+    )
     return sessionmaker(engine)
