@@ -90,7 +90,7 @@ _ASYNC_REDIS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Asy
 )
 
 
-def async_redis(url: str) -> AsyncRedis:
+def _async_redis(url: str) -> AsyncRedis:
     """The asyncio Redis client of the running loop for ``url`` (the rate limiter's)."""
     clients = _ASYNC_REDIS.setdefault(asyncio.get_running_loop(), {})
     client = clients.get(url)
@@ -137,20 +137,29 @@ async def get_owner(
                 headers={"WWW-Authenticate": "Bearer"},
             )
         assert credentials is not None  # owner_of found the key
-        subject = digest(credentials.credentials)[:16]
-    if settings.rate_limit > 0:
-        wait = await retry_after_async(
-            async_redis(settings.redis_url), subject, settings.rate_limit
+        subject = rate_subject(credentials.credentials)
+    wait = await rate_wait(settings, subject)
+    if wait is not None:
+        raise HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"rate limit of {settings.rate_limit} requests in any minute reached "
+            f"(PRUNESEARCH_RATE_LIMIT); retry in {wait} s",
+            headers={"Retry-After": str(wait)},
         )
-        if wait is not None:
-            raise HTTPException(
-                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-                detail=f"rate limit of {settings.rate_limit} requests in any minute reached "
-                f"(PRUNESEARCH_RATE_LIMIT); retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
     assert owner is not None
     return owner
+
+
+def rate_subject(plain: str) -> str:
+    """Whose rate-limit budget a request with API key ``plain`` spends (not the key itself)."""
+    return digest(plain)[:16]
+
+
+async def rate_wait(settings: Settings, subject: str) -> int | None:
+    """Count one request of ``subject``; seconds to wait when over the limit, else None."""
+    if settings.rate_limit <= 0:
+        return None
+    return await retry_after_async(_async_redis(settings.redis_url), subject, settings.rate_limit)
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]

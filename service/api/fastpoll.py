@@ -32,15 +32,13 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.auth import digest
 from core.db import keys, repo
 from core.db.models import LOCAL_OWNER
 from core.db.session import session_factory
 from core.errors import JobNotFound
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
-from service.api.deps import async_redis
-from service.ratelimit import retry_after_async
+from service.api.deps import rate_subject, rate_wait
 
 _POLLED = re.compile(r"/v1/jobs/(?P<id>[^/]+)(?P<candidates>/candidates)?")
 _MAX_TAGS = 2000  # the route's If-None-Match max_length: longer is the app's 422
@@ -87,7 +85,7 @@ class FastPoll:
         else:
             etag = job_tag(owner, seen)
         answer = not_modified(etag, tags)
-        if answer is None or not await self._admitted(subject):
+        if answer is None or await rate_wait(self.settings, subject) is not None:
             return None
         return answer
 
@@ -99,14 +97,7 @@ class FastPoll:
         if scheme.lower() != "bearer" or not plain:
             return None
         owner = keys.cached_owner(plain)
-        return None if owner is None else (owner, digest(plain)[:16])
-
-    async def _admitted(self, subject: str) -> bool:
-        limit = self.settings.rate_limit
-        if limit <= 0:
-            return True
-        redis = async_redis(self.settings.redis_url)
-        return await retry_after_async(redis, subject, limit) is None
+        return None if owner is None else (owner, rate_subject(plain))
 
 
 def _version(sessions: sessionmaker[Session], job_id: str, owner: str) -> repo.JobVersion | None:
