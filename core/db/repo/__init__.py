@@ -39,6 +39,7 @@ from core.db.repo.candidates import (
     task_candidates,
 )
 from core.db.repo.jobs import (
+    VERSION_OF,
     JobVersion,
     count_jobs,
     create_job,
@@ -57,6 +58,7 @@ from core.db.repo.latency import cached_latency, store_latency
 __all__ = [
     "CANDIDATE_SORTS",
     "FINISHED_CANDIDATES",
+    "VERSION_OF",
     "CandidateFilter",
     "JobVersion",
     "add_candidate",

@@ -304,7 +304,7 @@ def list_candidates(
         worker=worker,
     )
     if since is not None:
-        return tagged(_changed(session, job, Cursor.parse(since), limit, where), etag)
+        return tagged(_changed(session, job, since, limit, where), etag)
     rows = repo.list_candidates(
         session, job_id, limit=limit, offset=offset, order_by=order, where=where
     )
@@ -315,13 +315,17 @@ def list_candidates(
 
 
 def _changed(
-    session: SessionDep, job: Job, seen: Cursor, limit: int, where: repo.CandidateFilter
+    session: SessionDep, job: Job, since: str, limit: int, where: repo.CandidateFilter
 ) -> CandidatePage:
-    """The candidates a poll holding ``seen`` has not seen, and the cursor after them.
+    """The candidates a poll holding cursor ``since`` has not seen, and the cursor after them.
 
     Read before the rows, so that a candidate created meanwhile is at or after the
     new cursor's ``next`` and a job ending meanwhile is reported again next time.
+    When nothing moved, ``next_since`` is ``since`` itself, character for character: the
+    next poll is then the same URL, whose ETag the poller holds, so it can be a 304 (a
+    job without candidates yet is polled from ``since=0`` on, not from a second URL).
     """
+    seen = Cursor.parse(since)
     ended = job.status in TERMINAL
     last = repo.last_candidate_id(session, job.id)
     start = 0 if ended and not seen.ended else seen.next
@@ -329,12 +333,16 @@ def _changed(
         session, job.id, start=start, pending=seen.running, limit=limit, where=where
     )
     after = rows[-1].id + 1 if rows else start
-    stop = after if len(rows) == limit else max(last + 1, start, after)
+    # With no candidate at all, every start is the same place: keep the caller's.
+    stop = after if len(rows) == limit else max(last + 1 if last else start, start, after)
     running = repo.still_running(session, job.id, seen.running, start, stop)
-    cursor = str(Cursor(next=stop, running=tuple(running), ended=ended))
+    cursor = Cursor(next=stop, running=tuple(running), ended=ended)
     costs = BaseCosts.of(job)
     items = [CandidatePublic.of(c, costs) for c in rows]
-    return CandidatePage(items=items, total=len(items), limit=limit, offset=0, next_since=cursor)
+    next_since = since if cursor == seen else str(cursor)
+    return CandidatePage(
+        items=items, total=len(items), limit=limit, offset=0, next_since=next_since
+    )
 
 
 def _bound(ratio: float | None, base: float | None, field: str) -> float | None:
