@@ -25,6 +25,10 @@ service.cli serve``, or ``cli.main`` where it has one), in its own home and
 database, one server at a time; the worktree is removed afterwards. So one
 run measures old client on the old server ("before") and new client on the
 new server ("after") on the same machine, with the same load generator.
+That pair is a round; ``--rounds`` (3) rounds run back to back, the order of
+the two servers alternating, and the verdict pools the rounds' ratios: a mean
+with its 95% t-interval, "met" only when the interval's low end reaches the
+target (the VM's speed drifts by tens of percent between minutes).
 
 The load generator is a small HTTP/1.1 keep-alive client on asyncio streams
 (not httpx, which costs ~4 ms of CPU per request on this machine and so took
@@ -75,7 +79,7 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import save, table
+from bench.report import interval, save, table
 from bench.stack import (
     ROOT,
     Stack,
@@ -95,6 +99,7 @@ LIMITS = {
     "candidate_polls": 5000,
     "concurrency": 256,
     "api_workers": 8,
+    "rounds": 10,
     "deadline": 3600,
 }
 READ_OPS = ("status poll", "list", "candidates")
@@ -508,39 +513,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "head": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
-        "servers": {},
+        "rounds": [],
     }
     with worktree(args.baseline_ref) as base:
-        if base is not None:
-            result["servers"]["baseline"] = measure_server("baseline", base, args, spec, deadline)
-        result["servers"]["new"] = measure_server("new", ROOT, args, spec, deadline)
-    result["deadline_hit"] = any(s["deadline_hit"] for s in result["servers"].values())
+        trees = ([] if base is None else [("baseline", base)]) + [("new", ROOT)]
+        for r in range(args.rounds):
+            order = trees if r % 2 == 0 else trees[::-1]  # neither always has the warmer machine
+            servers = {name: measure_server(name, root, args, spec, deadline)
+                       for name, root in order}  # fmt: skip
+            result["rounds"].append({"order": [name for name, _ in order], "servers": servers,
+                                     "ratio": round_ratio(servers)})  # fmt: skip
+            if any(server["deadline_hit"] for server in servers.values()):
+                break
+    result["deadline_hit"] = any(
+        server["deadline_hit"] for rnd in result["rounds"] for server in rnd["servers"].values()
+    )
     result["redis_keys_left"] = Redis.from_url(args.redis_url).dbsize()
     result["total_wall_s"] = time.monotonic() - t0
-    result["verdict"] = verdict(result)
+    result["verdict"] = verdict(result["rounds"])
     return result
 
 
-def verdict(result: dict[str, Any]) -> dict[str, Any]:
-    """Before (old client, baseline server) against after (new client, new server)."""
-    servers = result["servers"]
+def round_ratio(servers: dict[str, Any]) -> dict[str, Any]:
+    """One round: before (old client, baseline server) against after (new client, new server)."""
     after = servers["new"]["clients"].get("new", {}).get("all reads")
     before_server = servers.get("baseline", servers["new"])
     before = before_server["clients"].get("old", {}).get("all reads")
     if not before or not after:
-        return {"met": False, "why": "a phase is missing"}
-    speedup = after["throughput_per_s"] / before["throughput_per_s"]
+        return {"why": "a phase is missing"}
     return {
         "before": f"{before_server['server']} server, old client",
         "after": "new server, new client",
         "before_reads_per_s": before["throughput_per_s"],
         "after_reads_per_s": after["throughput_per_s"],
-        "speedup": speedup,
+        "speedup": after["throughput_per_s"] / before["throughput_per_s"],
         "after_p99_ms": after["p99_ms"],
         "after_errors": after["errors"],
-        "met": speedup >= SPEEDUP_TARGET
-        and after["p99_ms"] < READ_P99_TARGET_MS
-        and after["errors"] == 0,
+    }
+
+
+def verdict(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds' speedups pooled: met only when the 95% interval's low end reaches the target.
+
+    The machine's speed drifts by tens of percent over minutes (shared VM), so one
+    before/after pair can be lucky; each round measures both servers back to back.
+    """
+    ratios = [rnd["ratio"] for rnd in rounds]
+    if not ratios or any("speedup" not in r for r in ratios):
+        return {"met": False, "why": "a phase is missing"}
+    mean, half = interval([r["speedup"] for r in ratios])
+    p99 = max(r["after_p99_ms"] for r in ratios)
+    errors = sum(r["after_errors"] for r in ratios)
+    return {
+        "before": ratios[0]["before"],
+        "after": ratios[0]["after"],
+        "rounds": len(ratios),
+        "speedup_mean": mean,
+        "speedup_half_width_95": half,
+        "worst_after_p99_ms": p99,
+        "after_errors": errors,
+        "met": mean - half >= SPEEDUP_TARGET and p99 < READ_P99_TARGET_MS and errors == 0,
     }
 
 
@@ -549,45 +581,57 @@ def render(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     rows = []
-    for server in result["servers"].values():
-        name = server["server"]
-        sub = server["submit"]
-        rows.append([name, "-", "submit", sub["count"], sub["errors"], "-", ms(sub["p50_ms"]),
-                     ms(sub["p99_ms"]), f"{sub['throughput_per_s']:.0f}/s",
-                     f"{sub['api_cpu_ms_per_request']:.2f}"])  # fmt: skip
-        for kind, ops in server["clients"].items():
-            for op_name, op in ops.items():
-                cpu = op.get("api_cpu_ms_per_request")
-                rows.append([
-                    name, kind, f"**{op_name}**" if op_name == "all reads" else op_name,
-                    op["count"], op["errors"], op["not_modified"], ms(op["p50_ms"]),
-                    ms(op["p99_ms"]), f"{op['throughput_per_s']:.0f}/s",
-                    "-" if cpu is None else f"{cpu:.2f}",
-                ])  # fmt: skip
+    for number, rnd in enumerate(result["rounds"], 1):
+        for server in rnd["servers"].values():
+            name = server["server"]
+            sub = server["submit"]
+            rows.append([number, name, "-", "submit", sub["count"], sub["errors"], "-",
+                         ms(sub["p50_ms"]), ms(sub["p99_ms"]), f"{sub['throughput_per_s']:.0f}/s",
+                         f"{sub['api_cpu_ms_per_request']:.2f}"])  # fmt: skip
+            for kind, ops in server["clients"].items():
+                for op_name, op in ops.items():
+                    cpu = op.get("api_cpu_ms_per_request")
+                    rows.append([
+                        number, name, kind, f"**{op_name}**" if op_name == "all reads" else op_name,
+                        op["count"], op["errors"], op["not_modified"], ms(op["p50_ms"]),
+                        ms(op["p99_ms"]), f"{op['throughput_per_s']:.0f}/s",
+                        "-" if cpu is None else f"{cpu:.2f}",
+                    ])  # fmt: skip
     title = (
         f"API load, {result['database']}, {result['concurrency']} concurrent clients, "
         f"no workers, {result['api_processes']} API process(es)"
     )
-    header = ["server", "client", "operation", "count", "errors", "304s", "p50 ms", "p99 ms",
-              "throughput", "API CPU ms/req"]  # fmt: skip
+    header = ["round", "server", "client", "operation", "count", "errors", "304s", "p50 ms",
+              "p99 ms", "throughput", "API CPU ms/req"]  # fmt: skip
     lines = [table(title, header, rows), ""]
     lines.append(
         f"load average before: {result['load_average_before']}; machine: {result['machine']}"
     )
+    for number, rnd in enumerate(result["rounds"], 1):
+        r = rnd["ratio"]
+        if "speedup" in r:
+            lines.append(
+                f"round {number} ({' then '.join(rnd['order'])}): before ({r['before']}) "
+                f"{r['before_reads_per_s']:.0f} reads/s; after ({r['after']}) "
+                f"{r['after_reads_per_s']:.0f} reads/s = {r['speedup']:.2f}x, "
+                f"p99 {r['after_p99_ms']:.1f} ms, {r['after_errors']} errors"
+            )
     v = result["verdict"]
-    if "speedup" in v:
+    if "speedup_mean" in v:
         lines.append(
-            f"before ({v['before']}): {v['before_reads_per_s']:.0f} reads/s; after "
-            f"({v['after']}): {v['after_reads_per_s']:.0f} reads/s = {v['speedup']:.2f}x, "
-            f"p99 {v['after_p99_ms']:.1f} ms, {v['after_errors']} errors"
+            f"speedup over {v['rounds']} rounds: {v['speedup_mean']:.2f}x "
+            f"± {v['speedup_half_width_95']:.2f} (95% t-interval); worst p99 "
+            f"{v['worst_after_p99_ms']:.1f} ms; {v['after_errors']} errors"
         )
     lines.append(
-        f"target (>= {SPEEDUP_TARGET:.0f}x reads/s, read p99 < {READ_P99_TARGET_MS:.0f} ms, "
-        "0 errors): " + ("met" if v["met"] else "NOT met")
+        f"target (>= {SPEEDUP_TARGET:.0f}x reads/s, the interval's low end; read p99 < "
+        f"{READ_P99_TARGET_MS:.0f} ms in every round; 0 errors): "
+        + ("met" if v["met"] else "NOT met")
     )
+    deleted = [s["home_deleted"] for rnd in result["rounds"] for s in rnd["servers"].values()]
     lines.append(
-        f"cleanup: homes deleted {[s['home_deleted'] for s in result['servers'].values()]}, "
-        f"Redis keys left {result['redis_keys_left']}; total {result['total_wall_s']:.0f} s"
+        f"cleanup: homes deleted {deleted}, Redis keys left {result['redis_keys_left']}; "
+        f"total {result['total_wall_s']:.0f} s"
         + ("; DEADLINE HIT: partial results" if result["deadline_hit"] else "")
     )
     return "\n".join(lines)
@@ -602,6 +646,10 @@ def main() -> int:
         "--candidate-polls", type=int, default=500, help="GET /v1/jobs/{id}/candidates calls"
     )
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="before/after pairs, back to back, order alternating (the verdict pools them)",
+    )  # fmt: skip
     parser.add_argument(
         "--api-workers", type=int, default=1, help="API processes (prunesearch serve --workers)"
     )
@@ -623,7 +671,7 @@ def main() -> int:
         "default SQLite in the temporary home",
     )
     parser.add_argument("--rate-limit", type=int, default=100_000, help="requests/min per key")
-    parser.add_argument("--deadline", type=int, default=900, help="hard limit of the whole run, s")
+    parser.add_argument("--deadline", type=int, default=1800, help="hard limit of the whole run, s")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
     hard_stop(args.deadline + 120)

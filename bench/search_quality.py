@@ -68,7 +68,7 @@ import torch
 from scipy import stats
 
 from bench.peers import PEERS, Pruned, prune_to
-from bench.report import table
+from bench.report import interval, table
 from cli.local import local_settings, run_local
 from core.db import repo
 from core.db.models import CandidateStatus
@@ -312,15 +312,6 @@ def reached(trail: list[dict[str, Any]], threshold: float) -> int | None:
         if best >= threshold - 1e-12:
             return i
     return None
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t interval (nan for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, float(half)
 
 
 def proxy_fidelity(cfg: Config, runs: list[dict[str, Any]], device: str) -> dict[str, Any]:
