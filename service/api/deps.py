@@ -34,7 +34,7 @@ from core.db.models import LOCAL_OWNER
 from core.db.session import session_factory
 from core.queue import redis_from_url
 from core.settings import Settings
-from service.ratelimit import retry_after_async
+from service.ratelimit import Admissions
 
 
 async def get_settings(request: Request) -> Settings:
@@ -85,20 +85,19 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 
 # One asyncio client per event loop and URL: its connections belong to the loop they
 # were made on (uvicorn has one loop; each TestClient has its own).
-_ASYNC_REDIS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]] = (
+_ADMISSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Admissions]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _async_redis(url: str) -> AsyncRedis:
-    """The asyncio Redis client of the running loop for ``url`` (the rate limiter's)."""
-    clients = _ASYNC_REDIS.setdefault(asyncio.get_running_loop(), {})
-    client = clients.get(url)
-    if client is None:
-        client = clients[url] = AsyncRedis.from_url(
-            url, socket_connect_timeout=3, health_check_interval=30
-        )
-    return client
+def _admissions(url: str) -> Admissions:
+    """The rate limiter of the running loop for the Redis at ``url``."""
+    limiters = _ADMISSIONS.setdefault(asyncio.get_running_loop(), {})
+    limiter = limiters.get(url)
+    if limiter is None:
+        client = AsyncRedis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+        limiter = limiters[url] = Admissions(client)
+    return limiter
 
 
 def _owner_from_database(url: str, plain: str) -> str | None:
@@ -159,7 +158,7 @@ async def rate_wait(settings: Settings, subject: str) -> int | None:
     """Count one request of ``subject``; seconds to wait when over the limit, else None."""
     if settings.rate_limit <= 0:
         return None
-    return await retry_after_async(_async_redis(settings.redis_url), subject, settings.rate_limit)
+    return await _admissions(settings.redis_url).retry_after(subject, settings.rate_limit)
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]

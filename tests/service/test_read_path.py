@@ -28,8 +28,9 @@ from core.db import keys
 from core.db.models import ApiKey, utcnow
 from core.db.session import session_factory
 from core.settings import Settings
-from service.ratelimit import WINDOW_S, retry_after, retry_after_async
+from service.ratelimit import WINDOW_S, Admissions, retry_after
 from tests.service.conftest import SPEC, keyed_client
+from tests.support import free_port
 
 START = 1_000_000 * WINDOW_S + 30.0
 
@@ -121,10 +122,11 @@ def test_async_limiter_counts_like_the_sync_one_and_survives_a_script_flush(
 ) -> None:
     async def check() -> list[int | None]:
         client = AsyncRedis.from_url(redis_url)
+        limiter = Admissions(client)
         try:
-            got = [await retry_after_async(client, "a", 2, now=START + i) for i in range(3)]
+            got = [await limiter.retry_after("a", 2, now=START + i) for i in range(3)]
             await client.script_flush()  # Redis restarted: the script is gone (NOSCRIPT)
-            got.append(await retry_after_async(client, "b", 2, now=START))
+            got.append(await limiter.retry_after("b", 2, now=START))
             return got
         finally:
             await client.aclose()
@@ -133,6 +135,48 @@ def test_async_limiter_counts_like_the_sync_one_and_survives_a_script_flush(
     redis.script_flush()
     assert retry_after(redis, "c", 1, now=START) is None
     assert retry_after(redis, "c", 1, now=START + 1) == 59
+
+
+def test_checks_waiting_together_go_as_one_pipeline_and_count_exactly(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 requests at once against a limit of 25: 25 admitted, 15 told when, in few round trips."""
+    sent: list[int] = []
+
+    async def check() -> list[int | None]:
+        client = AsyncRedis.from_url(redis_url)
+        limiter = Admissions(client)
+        send = limiter._pipeline
+
+        async def counted(batch: list[Any]) -> list[Any]:
+            sent.append(len(batch))
+            return await send(batch)
+
+        monkeypatch.setattr(limiter, "_pipeline", counted)
+        try:
+            await client.delete("prunesearch:rate:crowd")
+            return await asyncio.gather(
+                *(limiter.retry_after("crowd", 25, now=START + i / 100) for i in range(40))
+            )
+        finally:
+            await client.delete("prunesearch:rate:crowd")
+            await client.aclose()
+
+    got = asyncio.run(check())
+    assert got[:25] == [None] * 25  # admitted in the order they asked
+    assert got[25:] == [WINDOW_S] * 15
+    assert sum(sent) == 40 and len(sent) <= 2, sent
+
+
+def test_a_limiter_whose_redis_is_down_lets_requests_through() -> None:
+    async def check() -> list[int | None]:
+        client = AsyncRedis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+        try:
+            return await asyncio.gather(*(Admissions(client).retry_after("x", 1) for _ in range(3)))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(check()) == [None, None, None]
 
 
 def test_a_read_costs_one_thread_pool_hop_on_sqlite_and_two_on_a_server(
