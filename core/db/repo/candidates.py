@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,28 @@ FINISHED_CANDIDATES = frozenset(
     {CandidateStatus.complete, CandidateStatus.duplicate, CandidateStatus.failed}
 )
 _CANDIDATE_FIELDS = frozenset(Candidate.__table__.columns.keys()) - {"id"}
+
+# The reads of every job view, built once with a ``job_id`` parameter: building and keying a
+# statement costs more than running it on SQLite (see core.db.repo.jobs.VERSION_OF).
+_LAST_ID = select(func.max(Candidate.id)).where(Candidate.job_id == bindparam("job_id"))
+_FINISHED_COUNT = (
+    select(func.count())
+    .select_from(Candidate)
+    .where(
+        Candidate.job_id == bindparam("job_id"),
+        Candidate.status.in_(sorted(FINISHED_CANDIDATES)),
+    )
+)
+_BEST = (
+    select(Candidate)
+    .where(
+        Candidate.job_id == bindparam("job_id"),
+        Candidate.status == CandidateStatus.complete,
+        Candidate.score.is_not(None),
+    )
+    .order_by(Candidate.score.desc(), Candidate.trial_number)
+    .limit(1)
+)
 
 
 def add_candidate(session: Session, job_id: str, **fields: Any) -> Candidate:
@@ -226,8 +248,7 @@ def still_running(
 
 def last_candidate_id(session: Session, job_id: str) -> int:
     """The job's highest candidate id (0 without candidates): where a new cursor starts."""
-    stmt = select(func.max(Candidate.id)).where(Candidate.job_id == job_id)
-    return int(session.scalar(stmt) or 0)
+    return int(session.scalar(_LAST_ID, {"job_id": job_id}) or 0)
 
 
 def count_candidates(
@@ -246,17 +267,7 @@ def count_candidates(
 
 def best_candidate(session: Session, job_id: str) -> Candidate | None:
     """The complete candidate with the highest score (earliest trial on ties)."""
-    stmt = (
-        select(Candidate)
-        .where(
-            Candidate.job_id == job_id,
-            Candidate.status == CandidateStatus.complete,
-            Candidate.score.is_not(None),
-        )
-        .order_by(Candidate.score.desc(), Candidate.trial_number)
-        .limit(1)
-    )
-    return session.scalars(stmt).first()
+    return session.scalars(_BEST, {"job_id": job_id}).first()
 
 
 def finished_counts(session: Session, job_ids: list[str]) -> dict[str, int]:
@@ -300,7 +311,7 @@ def progress(session: Session, job_id: str) -> tuple[int, int]:
         JobNotFound: No such job.
     """
     job = get_job(session, job_id)
-    return count_candidates(session, job_id, FINISHED_CANDIDATES), job.n_trials
+    return int(session.scalar(_FINISHED_COUNT, {"job_id": job_id}) or 0), job.n_trials
 
 
 def recent_trial_times(
