@@ -122,8 +122,23 @@ def session_factory(url: str) -> sessionmaker[Session]:
         return factory
 
 
+_SIDE_ENGINES: list[Engine] = []
+
+
+def side_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine beside the session factories', with other pool settings, disposed with them.
+
+    For a caller that needs its own pool (``service.api.fastpoll``'s reads); the caller
+    keeps it. :func:`dispose_all` closes its connections, and it opens new ones after.
+    """
+    engine = make_engine(url, **kwargs)
+    with _FACTORIES_LOCK:
+        _SIDE_ENGINES.append(engine)
+    return engine
+
+
 def dispose_all(*, close: bool = True) -> None:
-    """Drop every cached engine and forget the factories.
+    """Drop every cached engine and forget the factories; close the side engines' connections.
 
     A forked child does this by itself (``close=False``: pooled connections
     must not be shared between processes, and the child must not close the
@@ -135,6 +150,8 @@ def dispose_all(*, close: bool = True) -> None:
             if isinstance(bind, Engine):
                 bind.dispose(close=close)
         _FACTORIES.clear()
+        for engine in _SIDE_ENGINES:
+            engine.dispose(close=close)
 
 
 def _after_fork_in_child() -> None:

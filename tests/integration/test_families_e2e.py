@@ -11,10 +11,12 @@ PNG class folders, then:
 - the FLOPs counted on the exported network equal the ModelProfile's figure
   for the chosen candidate (what the search believed it was buying).
 
-Through the service: ``prunesearch serve`` and two ``prunesearch worker``
-processes on a real Redis, the data uploaded as a zip through
-``POST /v1/datasets``, all five jobs submitted at once. Locally:
-:func:`cli.local.run_local` on the same folder given by path. The jobs
+Locally: :func:`cli.local.run_local` on the folder given by path, all five. Through the
+service: ``prunesearch serve`` and two ``prunesearch worker`` processes on a real Redis, the
+data uploaded as a zip through ``POST /v1/datasets``, two jobs submitted at once: the plugin
+network (a worker process must find the plugin by itself) and DenseNet (concatenation). The
+other families take the same path through the service; running all five there too doubled
+this file's time (212 s) and found nothing the local test does not. The jobs
 are as small as still means something (two trials, one pretraining epoch,
 no ladder) so that the suite stays inside the CI budget.
 """
@@ -48,8 +50,9 @@ from workers.verify import report, verify
 CLI = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_DB = 10  # 11: dashboard, 12: schemathesis, 13: service e2e
-FAMILIES = ("mobilenetv2", "resnext", "densenet", "regnet")
 PLUGIN_ARCH = "testonlynet"
+FAMILIES = ("mobilenetv2", "resnext", "densenet", "regnet")
+THROUGH_THE_SERVICE = ("densenet", PLUGIN_ARCH)
 
 PLUGIN = '''
 import torch
@@ -207,7 +210,7 @@ def stack(world: dict[str, Any], redis_base: str) -> Iterator[tuple[str, httpx.C
 def test_each_family_and_a_plugin_through_the_service(
     world: dict[str, Any], stack: tuple[str, httpx.Client, Path]
 ) -> None:
-    """Uploaded zip, five jobs at once on two workers: each verified, FLOPs as profiled."""
+    """Uploaded zip, two jobs at once on two workers: each verified, FLOPs as profiled."""
     _, api, logs = stack
     uploaded = api.post(
         "/v1/datasets",
@@ -216,7 +219,7 @@ def test_each_family_and_a_plugin_through_the_service(
     assert uploaded.status_code == 201, uploaded.text
     dataset_id = uploaded.json()["id"]
     ids = {}
-    for arch in (*FAMILIES, PLUGIN_ARCH):
+    for arch in THROUGH_THE_SERVICE:
         made = api.post("/v1/jobs", json=family_spec(arch, {"upload": dataset_id}))
         assert made.status_code == 201, made.text
         ids[arch] = made.json()["id"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
@@ -25,6 +26,7 @@ from service import stall
 from service.api import conditional, fastpoll
 from service.api.conditional import CACHE_CONTROL
 from service.api.deps import get_settings
+from tests.postgres import libpq
 from tests.service.conftest import add_key, keyed_client
 
 SPEC: dict[str, Any] = {
@@ -471,3 +473,25 @@ def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
     settings_seen.clear()
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
     assert settings_seen == []  # the connection is back: the middleware answers again
+
+
+def test_a_server_connection_that_died_fails_one_poll_over_to_the_route(
+    client: TestClient, settings: Settings, settings_seen: list[Settings], db_url: str
+) -> None:
+    """The fast path's engine does not ping what it lends: a dropped connection is thrown away."""
+    if db_url.startswith("sqlite"):
+        return  # a file has no server to drop the connection
+    url = f"/v1/jobs/{_job(settings)}"
+    etag = {"If-None-Match": client.get(url).headers["etag"]}
+    assert client.get(url, headers=etag).status_code == 304  # the fast path has a connection
+    with psycopg.connect(libpq(db_url), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    settings_seen.clear()
+    assert client.get(url, headers=etag).status_code == 304
+    assert settings_seen != []  # the route answered (its engine pings and reconnects)
+    settings_seen.clear()
+    assert client.get(url, headers=etag).status_code == 304
+    assert settings_seen == []  # a new connection: the middleware answers again
