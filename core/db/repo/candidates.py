@@ -32,14 +32,6 @@ _CANDIDATE_FIELDS = frozenset(Candidate.__table__.columns.keys()) - {"id"}
 # The reads of every job view, built once with a ``job_id`` parameter: building and keying a
 # statement costs more than running it on SQLite (see core.db.repo.jobs.VERSION_OF).
 _LAST_ID = select(func.max(Candidate.id)).where(Candidate.job_id == bindparam("job_id"))
-_FINISHED_COUNT = (
-    select(func.count())
-    .select_from(Candidate)
-    .where(
-        Candidate.job_id == bindparam("job_id"),
-        Candidate.status.in_(sorted(FINISHED_CANDIDATES)),
-    )
-)
 _BEST = (
     select(Candidate)
     .where(
@@ -311,7 +303,7 @@ def progress(session: Session, job_id: str) -> tuple[int, int]:
         JobNotFound: No such job.
     """
     job = get_job(session, job_id)
-    return int(session.scalar(_FINISHED_COUNT, {"job_id": job_id}) or 0), job.n_trials
+    return count_candidates(session, job_id, FINISHED_CANDIDATES), job.n_trials
 
 
 def recent_trial_times(

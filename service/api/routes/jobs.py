@@ -334,7 +334,7 @@ def _changed(
     )
     after = rows[-1].id + 1 if rows else start
     # With no candidate at all, every start is the same place: keep the caller's.
-    stop = after if len(rows) == limit else max(last + 1 if last else start, start, after)
+    stop = after if len(rows) == limit else max(last + 1 if last else 0, start, after)
     running = repo.still_running(session, job.id, seen.running, start, stop)
     cursor = Cursor(next=stop, running=tuple(running), ended=ended)
     costs = BaseCosts.of(job)
