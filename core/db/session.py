@@ -101,7 +101,7 @@ def _pooled(kwargs: dict[str, Any], url: URL) -> dict[str, Any]:
     return {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, **kwargs}
 
 
-_FACTORIES: dict[str, sessionmaker[Session]] = {}
+_FACTORIES: dict[tuple[str, bool], sessionmaker[Session]] = {}  # (url, read only)
 _FACTORIES_LOCK = threading.Lock()
 
 
@@ -115,30 +115,40 @@ def session_factory(url: str) -> sessionmaker[Session]:
     after its session has closed).
     """
     with _FACTORIES_LOCK:
-        factory = _FACTORIES.get(url)
+        factory = _FACTORIES.get((url, False))
         if factory is None:
             factory = sessionmaker(bind=make_engine(url), expire_on_commit=False)
-            _FACTORIES[url] = factory
+            _FACTORIES[url, False] = factory
         return factory
 
 
-_SIDE_ENGINES: list[Engine] = []
+def read_session_factory(url: str) -> sessionmaker[Session]:
+    """Sessions that only read: on a database server, from their own engine in autocommit.
 
-
-def side_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine beside the session factories', with other pool settings, disposed with them.
-
-    For a caller that needs its own pool (``service.api.fastpoll``'s reads); the caller
-    keeps it. :func:`dispose_all` closes its connections, and it opens new ones after.
+    In a transaction a PostgreSQL read costs two more round trips (``BEGIN``, and the
+    ``ROLLBACK`` when the session closes) and the ping before it a third. In autocommit each
+    statement sees its own snapshot, which is what READ COMMITTED, PostgreSQL's default,
+    gives each statement inside a transaction too; and closing the session does no I/O, so
+    the API closes it on the event loop instead of in a second thread hop. The pool is half
+    the thread pool: a read waits for a connection rather than open more (the API's
+    PostgreSQL connections stay under ``POOL_SIZE + POOL_OVERFLOW + POOL_SIZE // 2``).
+    SQLite: :func:`session_factory`'s own (pysqlite opens no transaction to read).
     """
-    engine = make_engine(url, **kwargs)
+    if make_url(url).get_backend_name() == "sqlite":
+        return session_factory(url)
     with _FACTORIES_LOCK:
-        _SIDE_ENGINES.append(engine)
-    return engine
+        factory = _FACTORIES.get((url, True))
+        if factory is None:
+            engine = make_engine(
+                url, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE // 2, max_overflow=0
+            )
+            factory = sessionmaker(bind=engine, expire_on_commit=False)
+            _FACTORIES[url, True] = factory
+        return factory
 
 
 def dispose_all(*, close: bool = True) -> None:
-    """Drop every cached engine and forget the factories; close the side engines' connections.
+    """Drop every cached engine and forget the factories.
 
     A forked child does this by itself (``close=False``: pooled connections
     must not be shared between processes, and the child must not close the
@@ -150,8 +160,6 @@ def dispose_all(*, close: bool = True) -> None:
             if isinstance(bind, Engine):
                 bind.dispose(close=close)
         _FACTORIES.clear()
-        for engine in _SIDE_ENGINES:
-            engine.dispose(close=close)
 
 
 def _after_fork_in_child() -> None:

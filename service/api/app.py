@@ -24,7 +24,7 @@ from core.db.session import migrate, session_factory
 from core.errors import InvalidInput, ServiceError
 from core.queue import redis_from_url
 from core.settings import Settings
-from service.api.fastpoll import FastPoll
+from service.api.fastpoll import FastPoll, close_readers
 from service.api.responses import declare_errors, status_code_for
 from service.api.routes import batches, dashboard, datasets, health, jobs, weights
 from service.reconcile import Reconciler
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler.start()
         yield
         reconciler.stopped.set()
+        await close_readers()
 
     app = FastAPI(
         title="prunesearch",

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from core.auth import digest
 from core.db import keys
 from core.db.models import LOCAL_OWNER
-from core.db.session import session_factory
+from core.db.session import read_session_factory, session_factory
 from core.queue import redis_from_url
 from core.settings import Settings
 from service.ratelimit import Admissions
@@ -68,6 +68,22 @@ async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def get_read_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """A session for a route that only reads (:func:`core.db.session.read_session_factory`).
+
+    Closed on the event loop: on a database server its connection is in autocommit, so
+    handing it back to the pool sends nothing.
+    """
+    session = read_session_factory(settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 
 @functools.cache

@@ -14,12 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from core.db import keys, repo
 from core.db.models import CandidateStatus, JobStatus
-from core.db.session import session_factory
+from core.db.session import read_session_factory, session_factory
 from core.settings import Settings
 from core.spec import JobSpec
 from service import stall
@@ -159,27 +159,52 @@ def test_every_write_of_a_job_or_its_candidates_raises_its_version_alone(
     assert _version(settings, other) == other_before
 
 
-def _recording(engine: Engine, seen: list[str]) -> Callable[[], Any]:
-    """``engine.raw_connection`` whose cursors append each statement they run to ``seen``."""
-    plain = engine.raw_connection
+class _Recorded:
+    """A connection (DBAPI or psycopg async) whose statements are appended to ``seen``."""
 
-    def raw_connection() -> Any:
-        connection = plain()
-        cursor_of = connection.cursor
+    def __init__(self, inner: Any, seen: list[str]) -> None:
+        self.inner, self.seen = inner, seen
 
-        def cursor() -> Any:
-            inner = cursor_of()
-            execute = inner.execute
+    def cursor(self) -> Any:
+        inner = self.inner.cursor()
 
-            def recorded(sql: str, *args: Any) -> Any:
-                seen.append(sql)
-                return execute(sql, *args)
+        def execute(sql: str, *args: Any) -> Any:
+            self.seen.append(sql)
+            return inner.execute(sql, *args)
 
-            return SimpleNamespace(execute=recorded, fetchone=inner.fetchone, close=inner.close)
+        return SimpleNamespace(execute=execute, fetchone=inner.fetchone, close=inner.close)
 
-        return SimpleNamespace(cursor=cursor, close=connection.close)
+    async def execute(self, sql: str, *args: Any) -> Any:
+        self.seen.append(sql)
+        return await self.inner.execute(sql, *args)
 
-    return raw_connection
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _record_fast_path(monkeypatch: pytest.MonkeyPatch, seen: list[str]) -> None:
+    """Every statement the fast path's readers run from now on is appended to ``seen``.
+
+    They run on raw connections, which fire no engine event.
+    """
+    plain = fastpoll.reader
+
+    def recording(url: str) -> fastpoll.Reader | None:
+        found = plain(url)
+        if isinstance(found, fastpoll._FileReader):
+            raw = found.engine.raw_connection
+            monkeypatch.setattr(found.engine, "raw_connection", lambda: _Recorded(raw(), seen))
+        elif isinstance(found, fastpoll._ServerReader):
+            found.idle.clear()  # new connections, recorded
+            connect = found.connect
+
+            async def recorded() -> Any:
+                return _Recorded(await connect(), seen)
+
+            monkeypatch.setattr(found, "connect", recorded)
+        return found
+
+    monkeypatch.setattr(fastpoll, "reader", recording)
 
 
 @pytest.mark.parametrize(("path", "statements"), list(zip(POLLED, [1, 2, 1], strict=True)))
@@ -195,15 +220,14 @@ def test_a_poll_that_finds_nothing_new_reads_only_the_versions(
     _finish(settings, _candidate(settings, job_id, 0))
     url = path.format(id=job_id)
     etag = client.get(url).headers["etag"]
-    engines = [session_factory(settings.database_url).kw["bind"]]
+    factories = {session_factory, read_session_factory}
+    engines = list({f(settings.database_url).kw["bind"] for f in factories})
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
         seen.append(sql)
 
-    # The fast path runs its statement on a raw DBAPI connection, which fires no engine event.
-    reader = fastpoll._reader(settings.database_url, settings.database_url.startswith("sqlite"))
-    monkeypatch.setattr(reader.engine, "raw_connection", _recording(reader.engine, seen))
+    _record_fast_path(monkeypatch, seen)
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
@@ -463,8 +487,10 @@ def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
     url = f"/v1/jobs/{_job(settings)}"
     etag = client.get(url).headers["etag"]
     settings_seen.clear()
-    engine = fastpoll._reader(settings.database_url, True).engine
-    with engine.connect():  # the loop's only connection, taken
+    assert client.portal is not None
+    reader = client.portal.call(fastpoll.reader, settings.database_url)
+    assert isinstance(reader, fastpoll._FileReader)
+    with reader.engine.connect():  # the loop's only connection, taken
         tick = time.monotonic()
         assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
         waited = time.monotonic() - tick
@@ -478,7 +504,7 @@ def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
 def test_a_server_connection_that_died_fails_one_poll_over_to_the_route(
     client: TestClient, settings: Settings, settings_seen: list[Settings], db_url: str
 ) -> None:
-    """The fast path's engine does not ping what it lends: a dropped connection is thrown away."""
+    """The fast path does not ping what it lends: a dropped connection is thrown away."""
     if db_url.startswith("sqlite"):
         return  # a file has no server to drop the connection
     url = f"/v1/jobs/{_job(settings)}"

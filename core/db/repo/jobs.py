@@ -83,6 +83,10 @@ class JobVersion:
     version: int
     status: JobStatus
 
+    @classmethod
+    def of(cls, job: Job) -> JobVersion:
+        return cls(job.id, job.version, job.status)
+
 
 # Built once: every poll runs it, and building and keying a statement costs more than running
 # it (about 160 of 290 us on SQLite). Parameters ``job_id`` and ``owner``.

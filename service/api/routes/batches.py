@@ -18,7 +18,7 @@ from core.db import batches, repo
 from core.db.models import TERMINAL, Batch, JobStatus
 from core.errors import Conflict, InvalidInput, InvalidTransition, QueueUnavailable
 from core.queue import OVERNIGHT, cancel_tasks, enqueue_job, ensure_available
-from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
+from service.api.deps import OwnerDep, ReadSessionDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import raises
 from service.api.schemas import BatchJobPublic, BatchPublic, Page, as_utc
 from service.batches import BatchCreate
@@ -110,7 +110,7 @@ def _in_cell(body: BatchCreate, index: int, exc: InvalidInput) -> InvalidInput:
 
 @router.get("", response_model=Page[BatchPublic])
 def list_batches(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
@@ -123,7 +123,7 @@ def list_batches(
 
 
 @router.get("/{batch_id}", response_model=BatchPublic)
-def get_batch(batch_id: str, session: SessionDep, owner: OwnerDep) -> BatchPublic:
+def get_batch(batch_id: str, session: ReadSessionDep, owner: OwnerDep) -> BatchPublic:
     """Per-job status and the summary that compares the batch's jobs."""
     return _public(session, batches.get_batch(session, batch_id, owner))
 

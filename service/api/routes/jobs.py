@@ -42,7 +42,7 @@ from service.api.conditional import (
     tagged,
 )
 from service.api.cursor import PATTERN, Cursor
-from service.api.deps import OwnerDep, RedisDep, SessionDep, SettingsDep
+from service.api.deps import OwnerDep, ReadSessionDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import Responses, raises
 from service.api.schemas import (
     BaseCosts,
@@ -169,7 +169,7 @@ def _replay(session: SessionDep, earlier: Job, digest: str, response: Response) 
 
 @router.get("", response_model=Page[JobPublic], responses=NOT_MODIFIED)
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
     if_none_match: IfNoneMatch = None,
@@ -199,7 +199,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_MODIFIED)
 def get_job(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
     if_none_match: IfNoneMatch = None,
@@ -207,11 +207,14 @@ def get_job(
     """State, progress, baseline, best candidate so far, timings and stall of one job.
 
     A 304 when it is what If-None-Match names; another owner's job is a 404 first.
+    The whole row is read at once: a current tag is mostly answered before the route
+    (:mod:`service.api.fastpoll`), so the route mostly builds the view.
     """
-    etag = job_tag(owner, repo.job_version(session, job_id, owner))
+    job = repo.get_job(session, job_id, owner)
+    etag = job_tag(owner, repo.JobVersion.of(job))
     if (unchanged := not_modified(etag, if_none_match)) is not None:
         return unchanged
-    return tagged(_job_public(session, repo.get_job(session, job_id, owner), settings), etag)
+    return tagged(_job_public(session, job, settings), etag)
 
 
 @router.post(
@@ -262,7 +265,7 @@ CandidateSort = Literal[
 def list_candidates(
     job_id: str,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
@@ -290,11 +293,10 @@ def list_candidates(
 
     With ``since=``, only what changed since that reply, and the cursor for the next poll.
     """
-    seen = repo.job_version(session, job_id, owner)
-    etag = candidates_tag(owner, seen, request.scope["query_string"])
+    job = repo.get_job(session, job_id, owner)  # the whole row: see get_job
+    etag = candidates_tag(owner, repo.JobVersion.of(job), request.scope["query_string"])
     if (unchanged := not_modified(etag, if_none_match)) is not None:
         return unchanged
-    job = repo.get_job(session, job_id, owner)
     costs = BaseCosts.of(job)
     where = repo.CandidateFilter(
         statuses=tuple(status) if status else None,
@@ -355,7 +357,7 @@ def _bound(ratio: float | None, base: float | None, field: str) -> float | None:
 
 
 @router.get("/{job_id}/result")
-def get_result(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+def get_result(job_id: str, session: ReadSessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The finished job's result (``result.json``); 404 until the job is done."""
     job = repo.get_job(session, job_id, owner)
     if job.status != JobStatus.done or job.result is None:
@@ -364,7 +366,7 @@ def get_result(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, A
 
 
 @router.get("/{job_id}/sensitivity")
-def get_sensitivity(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+def get_sensitivity(job_id: str, session: ReadSessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The triage report: per-group sensitivity curves and per-block criticality.
 
     Written by ``prepare`` when the spec says ``triage: true``, so it is
@@ -379,7 +381,7 @@ def get_sensitivity(job_id: str, session: SessionDep, owner: OwnerDep) -> dict[s
 
 
 @router.get("/{job_id}/pareto", response_model=ParetoPublic)
-def get_pareto(job_id: str, session: SessionDep, owner: OwnerDep) -> ParetoPublic:
+def get_pareto(job_id: str, session: ReadSessionDep, owner: OwnerDep) -> ParetoPublic:
     """The Pareto front so far: validation accuracy against the job's objective.
 
     Computed from the stored candidates, so it grows while the search runs
@@ -403,7 +405,7 @@ def get_pareto(job_id: str, session: SessionDep, owner: OwnerDep) -> ParetoPubli
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
 def get_artifact(
-    job_id: str, name: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep
+    job_id: str, name: str, session: ReadSessionDep, settings: SettingsDep, owner: OwnerDep
 ) -> FileResponse:
     """One of the job's files, by its allow-listed name."""
     media_type = ARTIFACTS.get(name)
