@@ -134,16 +134,19 @@ def read_session_factory(url: str) -> sessionmaker[Session]:
     PostgreSQL connections stay under ``POOL_SIZE + POOL_OVERFLOW + POOL_SIZE // 2``).
     SQLite: :func:`session_factory`'s own (pysqlite opens no transaction to read).
     """
-    if make_url(url).get_backend_name() == "sqlite":
-        return session_factory(url)
     with _FACTORIES_LOCK:
         factory = _FACTORIES.get((url, True))
-        if factory is None:
-            engine = make_engine(
-                url, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE // 2, max_overflow=0
-            )
-            factory = sessionmaker(bind=engine, expire_on_commit=False)
-            _FACTORIES[url, True] = factory
+    if factory is not None:
+        return factory
+    if make_url(url).get_backend_name() == "sqlite":
+        factory = session_factory(url)
+    else:
+        engine = make_engine(
+            url, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE // 2, max_overflow=0
+        )
+        factory = sessionmaker(bind=engine, expire_on_commit=False)
+    with _FACTORIES_LOCK:
+        factory = _FACTORIES.setdefault((url, True), factory)
         return factory
 
 

@@ -1,4 +1,4 @@
-"""The polls that find nothing new, answered before FastAPI runs.
+"""The polled job reads, answered before FastAPI runs where nothing is left to validate.
 
 A dashboard polls ``GET /v1/jobs/{id}`` and ``GET /v1/jobs/{id}/candidates`` with the ETag of
 its last reply, and most polls find nothing new. Through FastAPI such a poll still costs
@@ -6,16 +6,18 @@ routing, dependency solving and validation (about half of the API's time at 32 p
 clients, py-spy). This ASGI middleware answers it first, with exactly what the route would
 answer: the same tag (:func:`~service.api.conditional.job_tag`,
 :func:`~service.api.conditional.candidates_tag`, from one small row read, awaited on the event
-loop: :class:`_FileReader`, :class:`_ServerReader`) and the same 304 headers. It answers
-only when it is sure; everything else goes on to the app unchanged, which then decides as
-always:
+loop: :class:`_FileReader`, :class:`_ServerReader`) and the same 304 headers. A job view that
+is not a 304 is the route's own reply too: its function, called with the dependencies made
+here (:meth:`FastPoll._job_view`). The middleware answers only when it is sure; everything
+else goes on to the app unchanged, which then decides as always:
 
 - the caller must be known without the database: auth off, or a Bearer key in the API-key
   cache (:func:`core.db.keys.cached_owner`); an unknown key goes on (the app's 401);
-- the job must be the caller's (another owner's job reads as missing: the app's 404), and the
-  tag must match; a tag can only match a query that was valid when it was issued for this
-  version, so skipping validation changes no answer;
-- the request is counted by the rate limiter as the app counts it, only when the 304 is sent
+- the job must be the caller's (another owner's job reads as missing: the app's 404); a 304
+  needs a matching tag, and a tag can only match a query that was valid when it was issued
+  for this version, so skipping validation changes no answer; the candidates' full replies
+  are the route's (their query is validated there);
+- the request is counted by the rate limiter as the app counts it, only when the reply is sent
   (a refused request is not recorded, so a request over the limit goes on and the app
   refuses it with its 429): each request is counted once.
 """
@@ -29,27 +31,32 @@ import weakref
 from typing import Any
 
 import psycopg
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.db import keys, repo
 from core.db.models import LOCAL_OWNER, JobStatus
+from core.db.session import read_session_factory
+from core.errors import ServiceError
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
 from service.api.deps import rate_subject, rate_wait
+from service.api.routes import jobs
 
 _POLLED = re.compile(r"/v1/jobs/(?P<id>[^/]+)(?P<candidates>/candidates)?")
 _MAX_TAGS = 2000  # the route's If-None-Match max_length: longer is the app's 422
 ON_LOOP_WAIT_S = 0.05  # the longest a SQLite read may hold the event loop
 SERVER_CONNECTIONS = 8  # the most PostgreSQL connections the fast path holds, per loop
-SERVER_WAIT_S = 1.0  # the longest a poll waits for one and its read
+SERVER_WAIT_S = 1.0  # the longest the server runs one of its reads
 
 
 class FastPoll:
-    """ASGI middleware: a 304 for a current ETag on the two polled job reads."""
+    """ASGI middleware: a 304 for a current ETag on the two polled job reads; the job view."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -57,36 +64,59 @@ class FastPoll:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            answer = await self._not_modified(scope)
+            answer = await self._answer(scope)
             if answer is not None:
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _not_modified(self, scope: Scope) -> ASGIApp | None:
+    async def _answer(self, scope: Scope) -> ASGIApp | None:
         path = _POLLED.fullmatch(scope["path"])
         if path is None:
             return None
         headers = dict(reversed(scope["headers"]))  # the first of repeated headers, as Starlette
         tags = headers.get(b"if-none-match", b"").decode("latin-1")
-        if not tags or len(tags) > _MAX_TAGS:
+        if len(tags) > _MAX_TAGS:
             return None
         who = self._caller(headers.get(b"authorization", b"").decode("latin-1"))
         if who is None:
             return None
         owner, subject = who
+        if tags:
+            answer = await self._not_modified(path, scope["query_string"], owner, tags)
+            if answer is not None:
+                return answer if await rate_wait(self.settings, subject) is None else None
+        if path["candidates"]:
+            return None  # its query is the route's to validate
+        view = await run_in_threadpool(self._job_view, path["id"], owner, tags or None)
+        if view is None or await rate_wait(self.settings, subject) is not None:
+            return None
+        return view
+
+    async def _not_modified(
+        self, path: re.Match[str], query: bytes, owner: str, tags: str
+    ) -> Response | None:
+        """The 304 when ``tags`` names the current version of what ``path`` reads."""
         read = reader(self.settings.database_url)
         seen = None if read is None else await read.read(path["id"], owner)
         if seen is None:
             return None
-        if path["candidates"]:
-            etag = candidates_tag(owner, seen, scope["query_string"])
-        else:
-            etag = job_tag(owner, seen)
-        answer = not_modified(etag, tags)
-        if answer is None or await rate_wait(self.settings, subject) is not None:
-            return None
-        return answer
+        etag = candidates_tag(owner, seen, query) if path["candidates"] else job_tag(owner, seen)
+        return not_modified(etag, tags)
+
+    def _job_view(self, job_id: str, owner: str, tags: str | None) -> Response | None:
+        """The route's own reply to ``GET /v1/jobs/{id}``, by calling its function.
+
+        FastAPI's dependency solving is most of what a full reply costs the API (py-spy,
+        ``bench/load.py``); the route takes a path id and one header and nothing else to
+        validate, so calling it with its dependencies made here is the same reply. A
+        service error (a job that is not the owner's) goes on to the app, which answers it.
+        """
+        with read_session_factory(self.settings.database_url)() as session:
+            try:
+                return jobs.get_job(job_id, session, owner, self.settings, tags)
+            except ServiceError:
+                return None
 
     def _caller(self, authorization: str) -> tuple[str, str] | None:
         """(owner, rate-limit subject) when known without the database, as ``get_owner``."""
@@ -154,10 +184,11 @@ class _ServerReader:
     API's engine costs a 304 a hop to the thread pool and back, a ping, a BEGIN and a
     ROLLBACK: 470-770 us of CPU per read against 70 at 32 concurrent reads on this 2-core
     machine (``bench/load.py``'s polls are mostly this read). Each read is one statement,
-    so a transaction around it would add nothing. At most :data:`SERVER_CONNECTIONS` are
-    open; a read that gets none within ``SERVER_WAIT_S``, a failed or cancelled one, or a
-    dropped connection (thrown away, never pinged) sends the poll on to the app, whose
-    engine pings and reconnects.
+    so a transaction around it would add nothing. At most :data:`SERVER_CONNECTIONS` read at
+    once; a poll that finds them all busy, a read that fails or is cancelled, or a dropped
+    connection (thrown away, never pinged) sends the poll on to the app, whose engine pings
+    and reconnects. The server ends a read after :data:`SERVER_WAIT_S` (``statement_timeout``;
+    an asyncio timeout per read cost 4% of the API's time).
     """
 
     def __init__(self, url: str) -> None:
@@ -166,25 +197,35 @@ class _ServerReader:
         )
         self.sql = str(repo.VERSION_OF.compile(dialect=postgresql.dialect(paramstyle="pyformat")))
         self.idle: list[psycopg.AsyncConnection[Any]] = []
-        self.slots = asyncio.Semaphore(SERVER_CONNECTIONS)
+        self.busy = 0
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        timeout_ms = int(SERVER_WAIT_S * 1000)
+        return await psycopg.AsyncConnection.connect(
+            self.conninfo,
+            autocommit=True,
+            connect_timeout=2,  # libpq's least
+            options=f"-c statement_timeout={timeout_ms}",
+        )
 
     async def read(self, job_id: str, owner: str) -> repo.JobVersion | None:
         """The job's version row; None when it is not the owner's or cannot be read now."""
-        try:
-            async with asyncio.timeout(SERVER_WAIT_S), self.slots:
-                connection = self.idle.pop() if self.idle else await self.connect()
-                try:
-                    cursor = await connection.execute(self.sql, {"job_id": job_id, "owner": owner})
-                    row = await cursor.fetchone()
-                except BaseException:
-                    connection.pgconn.finish()  # mid-statement: never lent again
-                    raise
-                self.idle.append(connection)
-        except (TimeoutError, psycopg.Error, OSError):
+        if self.busy >= SERVER_CONNECTIONS:
             return None
+        self.busy += 1
+        try:
+            connection = self.idle.pop() if self.idle else await self.connect()
+            try:
+                cursor = await connection.execute(self.sql, {"job_id": job_id, "owner": owner})
+                row = await cursor.fetchone()
+            except BaseException:
+                connection.pgconn.finish()  # mid-statement or broken: never lent again
+                raise
+            self.idle.append(connection)
+        except (psycopg.Error, OSError):
+            return None
+        finally:
+            self.busy -= 1
         return _version(row)
 
     async def close(self) -> None:
