@@ -36,7 +36,7 @@ about as much of the 2 cores as the API itself); every 200 body is parsed as
 JSON, as a dashboard does. Per operation: count, errors (non-2xx/304 or
 exceptions), 304s, p50 / p99 / max latency (client-side, from sending to the
 whole body read, nearest rank) and throughput, plus the API process's CPU per
-request. Target (issue 18): reads/s at 32 clients at least 4x before, read
+request. Target (issue 14): reads/s at 32 clients at least 4x before, read
 p99 under 200 ms. The per-key rate limit (``PRUNESEARCH_RATE_LIMIT``, 600 a
 minute by default) is raised for the run (``--rate-limit``, 100,000) so it
 does not answer 429s, but it still runs (one Redis call a request); the

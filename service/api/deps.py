@@ -4,7 +4,7 @@ Each is a small function so that a test can replace it with
 ``app.dependency_overrides``; the settings default to the ones the app was
 created with (``app.state.settings``).
 
-The read path is cheap on purpose (issue 18: dashboards poll): the settings,
+The read path is cheap on purpose (issue 14: dashboards poll): the settings,
 the session, the owner and the rate limit are resolved on the event loop, so a
 read route costs one hop through the thread pool (its own body), not four.
 The owner comes from an in-process cache of API keys (``core.db.keys``: a key
