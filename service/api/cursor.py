@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 # What the query parameter accepts (FastAPI answers anything else with a 422 naming ``since``).
 PATTERN = r"^[re]?\d{1,15}(\.\d{1,15})*$"  # bounded by the max_length
+MAX_SINCE = 8000  # characters
 # Candidate ids are 32-bit integers in the database: a larger one in a cursor is not a
 # candidate this server made, and PostgreSQL would refuse to compare with it (a 500).
 MAX_ID = 2**31 - 1

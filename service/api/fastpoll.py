@@ -6,17 +6,18 @@ routing, dependency solving and validation (about half of the API's time at 32 p
 clients, py-spy). This ASGI middleware answers it first, with exactly what the route would
 answer: the same tag (:func:`~service.api.conditional.job_tag`,
 :func:`~service.api.conditional.candidates_tag`, from one small row read, awaited on the event
-loop: :class:`_FileReader`, :class:`_ServerReader`) and the same 304 headers. A job view that
-is not a 304 is the route's own reply too: its function, called with the dependencies made
-here (:meth:`FastPoll._job_view`). The middleware answers only when it is sure; everything
+loop: :class:`_FileReader`, :class:`_ServerReader`) and the same 304 headers. A job view or a
+``since=`` poll of the candidates that is not a 304 is the route's own reply too: its
+function, called with the dependencies made here (:meth:`FastPoll._view`). The middleware answers only when it is sure; everything
 else goes on to the app unchanged, which then decides as always:
 
 - the caller must be known without the database: auth off, or a Bearer key in the API-key
   cache (:func:`core.db.keys.cached_owner`); an unknown key goes on (the app's 401);
 - the job must be the caller's (another owner's job reads as missing: the app's 404); a 304
   needs a matching tag, and a tag can only match a query that was valid when it was issued
-  for this version, so skipping validation changes no answer; the candidates' full replies
-  are the route's (their query is validated there);
+  for this version, so skipping validation changes no answer; a full reply of the candidates
+  needs a query of ``since=`` alone, checked as the route checks it (any other is the
+  route's to validate);
 - the request is counted by the rate limiter as the app counts it, only when the reply is sent
   (a refused request is not recorded, so a request over the limit goes on and the app
   refuses it with its 429): each request is counted once.
@@ -25,10 +26,13 @@ else goes on to the app unchanged, which then decides as always:
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sqlite3
 import weakref
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import anyio.to_thread
@@ -37,6 +41,8 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.orm import Session
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,6 +52,7 @@ from core.db.session import read_session_factory
 from core.errors import ServiceError
 from core.settings import Settings
 from service.api.conditional import candidates_tag, job_tag, not_modified
+from service.api.cursor import MAX_SINCE, PATTERN, Cursor
 from service.api.deps import rate_subject, rate_wait
 from service.api.routes import jobs
 
@@ -54,7 +61,7 @@ _MAX_TAGS = 2000  # the route's If-None-Match max_length: longer is the app's 42
 ON_LOOP_WAIT_S = 0.05  # the longest a SQLite read may hold the event loop
 SERVER_CONNECTIONS = 8  # the most PostgreSQL connections the fast path holds, per loop
 SERVER_WAIT_S = 1.0  # the longest the server runs one of its reads
-# Job views built at once, in threads. Each is a few ms of Python holding the GIL: more
+# Full replies built at once, in threads. Each is a few ms of Python holding the GIL: more
 # threads than that only take turns with each other and the event loop, and the burst of a
 # dashboard's first polls (32 at once in bench/load.py) had a p99 of 217-253 ms with all 40
 # of the thread pool against 123-175 ms with 4 (SQLite, 2 and 3 runs).
@@ -62,7 +69,7 @@ VIEW_THREADS = 4
 
 
 class FastPoll:
-    """ASGI middleware: a 304 for a current ETag on the two polled job reads; the job view."""
+    """ASGI middleware: the two polled job reads, as 304s and as the routes' full replies."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -92,11 +99,20 @@ class FastPoll:
             answer = await self._not_modified(path, scope["query_string"], owner, tags)
             if answer is not None:
                 return answer if await rate_wait(self.settings, subject) is None else None
-        if path["candidates"]:
-            return None  # its query is the route's to validate
-        view = await anyio.to_thread.run_sync(
-            self._job_view, path["id"], owner, tags or None, limiter=_view_slots()
-        )
+        job_id, tag = path["id"], tags or None
+        route: Callable[[Session], Response]
+        if not path["candidates"]:
+            route = functools.partial(
+                jobs.get_job, job_id, owner=owner, settings=self.settings, if_none_match=tag
+            )
+        elif (since := _since_alone(scope["query_string"])) is not None:
+            route = functools.partial(
+                jobs.list_candidates, job_id, Request(scope), owner=owner, since=since,
+                if_none_match=tag,
+            )  # fmt: skip
+        else:
+            return None  # another query of the candidates: the route validates it
+        view = await anyio.to_thread.run_sync(self._view, route, limiter=_view_slots())
         if view is None or await rate_wait(self.settings, subject) is not None:
             return None
         return view
@@ -112,17 +128,18 @@ class FastPoll:
         etag = candidates_tag(owner, seen, query) if path["candidates"] else job_tag(owner, seen)
         return not_modified(etag, tags)
 
-    def _job_view(self, job_id: str, owner: str, tags: str | None) -> Response | None:
-        """The route's own reply to ``GET /v1/jobs/{id}``, by calling its function.
+    def _view(self, route: Callable[[Session], Response]) -> Response | None:
+        """The route's own full reply: its function, called with a read session made here.
 
-        FastAPI's dependency solving is most of what a full reply costs the API (py-spy,
-        ``bench/load.py``); the route takes a path id and one header and nothing else to
-        validate, so calling it with its dependencies made here is the same reply. A
+        FastAPI's dependency solving was most of what a full reply cost the API (py-spy,
+        ``bench/load.py``). Only routes whose every parameter is known valid come here: a
+        job view takes a path id and one header; a candidates poll, ``since=`` alone, checked
+        as the route checks it (:func:`_since_alone`), the rest at the route's defaults. A
         service error (a job that is not the owner's) goes on to the app, which answers it.
         """
         with read_session_factory(self.settings.database_url)() as session:
             try:
-                return jobs.get_job(job_id, session, owner, self.settings, tags)
+                return route(session)
             except ServiceError:
                 return None
 
@@ -259,6 +276,21 @@ def _view_slots() -> anyio.CapacityLimiter:
     if slots is None:
         slots = _VIEW_SLOTS[loop] = anyio.CapacityLimiter(VIEW_THREADS)
     return slots
+
+
+def _since_alone(query: bytes) -> str | None:
+    """The cursor of a query that is ``since=<cursor>`` and nothing else, valid as the route
+    has it (:data:`~service.api.cursor.PATTERN` in ASCII digits, ``Cursor.check``); else None."""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)  # as Starlette parses
+    if len(pairs) != 1 or pairs[0][0] != "since":
+        return None
+    since = pairs[0][1]
+    if len(since) > MAX_SINCE or re.fullmatch(PATTERN, since, re.ASCII) is None:
+        return None
+    try:
+        return Cursor.check(since)
+    except ValueError:
+        return None
 
 
 Reader = _FileReader | _ServerReader

@@ -441,13 +441,15 @@ def test_a_stale_poll_of_the_candidates_is_the_routes(
     assert other.status_code == 200 and settings_seen != []  # another query, another tag
 
 
-def test_the_job_view_from_the_middleware_is_the_routes_reply(
-    client: TestClient, settings: Settings, settings_seen: list[Settings]
+@pytest.mark.parametrize("path", ["/v1/jobs/{id}", "/v1/jobs/{id}/candidates?since=0"])
+def test_a_full_reply_from_the_middleware_is_the_routes_reply(
+    client: TestClient, settings: Settings, settings_seen: list[Settings], path: str
 ) -> None:
-    """Whole job views, fresh or for a stale tag, come from the route's function, unchanged."""
+    """Job views and ``since=`` polls, fresh or for a stale tag, are the route function's."""
     job_id = _job(settings)
     _finish(settings, _candidate(settings, job_id, 0), score=0.81)
-    url = f"/v1/jobs/{job_id}"
+    _candidate(settings, job_id, 1)
+    url = path.format(id=job_id)
     keys.forget_cached_keys()  # the caller is unknown to the middleware: FastAPI answers
     by_route = client.get(url)
     assert settings_seen != []
@@ -460,7 +462,30 @@ def test_the_job_view_from_the_middleware_is_the_routes_reply(
         assert {k: v for k, v in fast.headers.items() if k != "date"} == {
             k: v for k, v in by_route.headers.items() if k != "date"
         }
-    assert by_route.json()["best"]["score"] == pytest.approx(0.81)
+    body = by_route.json()
+    if "items" in body:
+        assert [c["trial_number"] for c in body["items"]] == [0, 1]
+    else:
+        assert body["best"]["score"] == pytest.approx(0.81)
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("since=0&limit=1", 200),
+        ("since=r2147483648", 422),
+        ("since=r1.", 422),
+        ("since=", 422),
+        ("since=\u0661", 200),  # a non-ASCII digit: the route's pattern takes it, ours not
+    ],
+)
+def test_a_candidates_query_other_than_a_valid_since_alone_is_the_routes(
+    client: TestClient, settings: Settings, settings_seen: list[Settings], query: str, status: int
+) -> None:
+    job_id = _job(settings)
+    reply = client.get(f"/v1/jobs/{job_id}/candidates?{query}")
+    assert settings_seen != []  # FastAPI validated it
+    assert reply.status_code == status, reply.text
 
 
 def test_the_fast_path_leaves_unknown_keys_and_other_owners_to_the_app(
@@ -518,7 +543,7 @@ def test_a_sqlite_read_that_cannot_start_at_once_goes_on_to_the_app(
     """The event loop never waits for the fast path's connection: the route answers instead."""
     if not db_url.startswith("sqlite"):
         return  # a database server's read is awaited: the loop goes on meanwhile
-    url = f"/v1/jobs/{_job(settings)}/candidates?since=0"  # whose full replies are FastAPI's
+    url = f"/v1/jobs/{_job(settings)}/candidates?since=0&limit=9"  # FastAPI validates it
     etag = client.get(url).headers["etag"]
     settings_seen.clear()
     assert client.portal is not None
@@ -541,7 +566,7 @@ def test_a_server_connection_that_died_fails_one_poll_over_to_the_route(
     """The fast path does not ping what it lends: a dropped connection is thrown away."""
     if db_url.startswith("sqlite"):
         return  # a file has no server to drop the connection
-    url = f"/v1/jobs/{_job(settings)}/candidates?since=0"  # whose full replies are FastAPI's
+    url = f"/v1/jobs/{_job(settings)}/candidates?since=0&limit=9"  # FastAPI validates it
     etag = {"If-None-Match": client.get(url).headers["etag"]}
     assert client.get(url, headers=etag).status_code == 304  # the fast path has a connection
     with psycopg.connect(libpq(db_url), autocommit=True) as admin:

@@ -41,7 +41,7 @@ from service.api.conditional import (
     not_modified,
     tagged,
 )
-from service.api.cursor import PATTERN, Cursor
+from service.api.cursor import MAX_SINCE, PATTERN, Cursor
 from service.api.deps import OwnerDep, ReadSessionDep, RedisDep, SessionDep, SettingsDep
 from service.api.responses import Responses, raises
 from service.api.schemas import (
@@ -281,7 +281,7 @@ def list_candidates(
         str | None,
         Query(
             pattern=PATTERN,
-            max_length=8000,
+            max_length=MAX_SINCE,
             description="A next_since from an earlier reply (0 to start): only candidates "
             "created or changed since, oldest first (order and offset do not apply).",
         ),
