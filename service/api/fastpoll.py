@@ -8,8 +8,9 @@ answer: the same tag (:func:`~service.api.conditional.job_tag`,
 :func:`~service.api.conditional.candidates_tag`, from one small row read, awaited on the event
 loop: :class:`_FileReader`, :class:`_ServerReader`) and the same 304 headers. A job view or a
 ``since=`` poll of the candidates that is not a 304 is the route's own reply too: its
-function, called with the dependencies made here (:meth:`FastPoll._view`). The middleware answers only when it is sure; everything
-else goes on to the app unchanged, which then decides as always:
+function, called with the dependencies made here (:meth:`FastPoll._view`). The middleware
+answers only when it is sure; everything else goes on to the app unchanged, which then decides
+as always:
 
 - the caller must be known without the database: auth off, or a Bearer key in the API-key
   cache (:func:`core.db.keys.cached_owner`); an unknown key goes on (the app's 401);
