@@ -1,11 +1,11 @@
-"""The read path a polling dashboard hits (issue 18): cheap, and still as strict as before.
+"""The read path a polling dashboard hits (issue 14): cheap, and still as strict as before.
 
 * API keys are resolved from an in-process cache (``core.db.keys``): repeated requests of one
   key do not query ``api_keys``; a key revoked by another process stops working within
   ``KEY_CACHE_TTL_S``; a revoke in this process and an unknown key are refused at once.
 * The rate limiter is one ``EVALSHA`` per request, on the event loop; it still limits, and
   it still works after Redis forgets the script.
-* A read costs one hop through the thread pool on SQLite (the route's body), not four.
+* A read costs one hop through the thread pool on both databases (the route's body), not four.
 * What start-up made is frozen out of the cyclic collector while the app runs (issue 14: a
   full collection under load stalled every request in flight), and thawed when it stops.
 
